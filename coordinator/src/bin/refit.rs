@@ -1,0 +1,4 @@
+//! `refit`: the command line.
+fn main() {
+    println!("refit {}", refit_proto::REFIT_VERSION);
+}

@@ -1,0 +1,1 @@
+//! The label-set diff and the fine-tune decision (DESIGN §4).

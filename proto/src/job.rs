@@ -1,0 +1,125 @@
+//! The job message: what a worker is asked to train.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{JobId, ModelName, Version};
+
+/// How a job trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Fine-tune when the decision allows it, else follow the policy.
+    Auto,
+    /// Continue training from the base version's checkpoint.
+    Finetune,
+    /// Train new weights.
+    Scratch,
+}
+
+impl Mode {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Finetune => "finetune",
+            Mode::Scratch => "scratch",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Mode::Auto),
+            "finetune" => Ok(Mode::Finetune),
+            "scratch" => Ok(Mode::Scratch),
+            other => Err(format!(
+                "unknown mode {other:?}: expected auto, finetune or scratch"
+            )),
+        }
+    }
+}
+
+/// A dataset in the object store, named by its content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetRef {
+    /// Its object key, e.g. `datasets/sha256/<hex>.yml`.
+    pub key: String,
+    /// sha256 (hex) of its bytes; the worker verifies it after download.
+    pub sha256: String,
+}
+
+/// How long to train.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Budget {
+    /// A number of epochs.
+    Epochs(u32),
+    /// A fraction of the base version's epochs (fine-tuning; DESIGN §4 default 0.3).
+    EpochFraction(f64),
+}
+
+/// Training hyperparameters that may change between fine-tunes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hyperparams {
+    /// How long to train.
+    pub budget: Budget,
+    /// Examples per optimiser step.
+    pub batch_size: u32,
+    /// AdamW learning rate.
+    pub learning_rate: f64,
+    /// Seed for initialisation, shuffling and dropout.
+    pub seed: u64,
+}
+
+impl Default for Hyperparams {
+    fn default() -> Self {
+        Self {
+            budget: Budget::Epochs(100),
+            batch_size: 64,
+            learning_rate: 1e-3,
+            seed: 42,
+        }
+    }
+}
+
+/// A training job, as published on `refit.jobs.<pool>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The job.
+    pub id: JobId,
+    /// The model it produces a version of.
+    pub model: ModelName,
+    /// `finetune` or `scratch`, as decided by the coordinator (`auto` is resolved before
+    /// publishing; a worker treats a leftover `auto` as `finetune` when `base_version` is set).
+    pub mode: Mode,
+    /// The version to fine-tune from.
+    #[serde(default)]
+    pub base_version: Option<Version>,
+    /// The version this job writes; assigned by the coordinator, unique per model.
+    pub output_version: Version,
+    /// The training data.
+    pub dataset: DatasetRef,
+    /// Held-out data to evaluate on, if any.
+    #[serde(default)]
+    pub eval_dataset: Option<DatasetRef>,
+    /// Training hyperparameters.
+    pub hyperparams: Hyperparams,
+    /// Higher runs first where the queue supports priorities. Default 0.
+    #[serde(default)]
+    pub priority: u8,
+    /// When it was submitted.
+    pub submitted_at: DateTime<Utc>,
+    /// Give up (as a permanent failure) when not finished by then.
+    #[serde(default)]
+    pub deadline: Option<DateTime<Utc>>,
+}

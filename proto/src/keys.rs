@@ -1,0 +1,177 @@
+//! The object-store key layout (DESIGN §3). Every key refit writes is built here, from validated
+//! ids, so no user input reaches a key unchecked.
+//!
+//! ```text
+//! datasets/sha256/<hex>.<ext>
+//! models/<name>/v<NNNNNN>/{manifest.json, checkpoint.safetensors, model.onnx, vocab.json}
+//! models/<name>/aliases/<alias>
+//! jobs/<job id>/resume/<file>
+//! ```
+
+use crate::ids::{Alias, JobId, ModelName, Version};
+
+/// The manifest's file name; written last, it marks a version complete.
+pub const MANIFEST: &str = "manifest.json";
+/// The training checkpoint's file name.
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+/// The inference model's file name.
+pub const MODEL_ONNX: &str = "model.onnx";
+/// The vocabulary's file name.
+pub const VOCAB: &str = "vocab.json";
+
+/// The file extensions a dataset may be stored with.
+pub const DATASET_EXTENSIONS: &[&str] = &["yml", "yaml", "jsonl", "json"];
+
+/// Why a key cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// Not 64 lowercase hex digits.
+    #[error("invalid sha256 {0:?}: expected 64 lowercase hex digits")]
+    Sha256(String),
+    /// Not a dataset extension refit reads.
+    #[error("invalid dataset extension {0:?}: expected one of yml, yaml, jsonl, json")]
+    Extension(String),
+    /// Not a plain file name.
+    #[error("invalid file name {0:?}: use letters, digits, '.', '-' and '_' only")]
+    FileName(String),
+}
+
+/// Whether `s` is a lowercase hex sha256.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// `datasets/sha256/<hex>.<ext>`.
+pub fn dataset(sha256_hex: &str, ext: &str) -> Result<String, KeyError> {
+    if !is_sha256_hex(sha256_hex) {
+        return Err(KeyError::Sha256(sha256_hex.chars().take(80).collect()));
+    }
+    if !DATASET_EXTENSIONS.contains(&ext) {
+        return Err(KeyError::Extension(ext.chars().take(16).collect()));
+    }
+    Ok(format!("datasets/sha256/{sha256_hex}.{ext}"))
+}
+
+/// `models/<name>/`: everything stored for a model.
+pub fn model_prefix(model: &ModelName) -> String {
+    format!("models/{model}/")
+}
+
+/// `models/<name>/v<NNNNNN>/`: one version's folder.
+pub fn version_prefix(model: &ModelName, version: Version) -> String {
+    format!("models/{model}/{}/", version.key_segment())
+}
+
+/// `models/<name>/v<NNNNNN>/<file>`.
+pub fn version_file(model: &ModelName, version: Version, file: &str) -> Result<String, KeyError> {
+    check_file_name(file)?;
+    Ok(format!("{}{file}", version_prefix(model, version)))
+}
+
+/// `models/<name>/v<NNNNNN>/manifest.json`.
+pub fn manifest(model: &ModelName, version: Version) -> String {
+    format!("{}{MANIFEST}", version_prefix(model, version))
+}
+
+/// `models/<name>/aliases/<alias>`.
+pub fn alias(model: &ModelName, alias: &Alias) -> String {
+    format!("models/{model}/aliases/{alias}")
+}
+
+/// `jobs/<job id>/resume/`: an in-flight job's resume checkpoint.
+pub fn resume_prefix(job: JobId) -> String {
+    format!("jobs/{job}/resume/")
+}
+
+/// `jobs/<job id>/resume/<file>`.
+pub fn resume_file(job: JobId, file: &str) -> Result<String, KeyError> {
+    check_file_name(file)?;
+    Ok(format!("{}{file}", resume_prefix(job)))
+}
+
+/// Parses the version out of a key under `models/<name>/`, e.g.
+/// `models/fin/v000003/manifest.json` → 3. `None` for other keys.
+pub fn version_of_key(model: &ModelName, key: &str) -> Option<Version> {
+    let rest = key.strip_prefix(&model_prefix(model))?;
+    let segment = rest.split('/').next()?;
+    if segment.len() != 7 || !segment.starts_with('v') {
+        return None;
+    }
+    segment.parse().ok()
+}
+
+fn check_file_name(file: &str) -> Result<(), KeyError> {
+    let ok = !file.is_empty()
+        && file.len() <= 128
+        && !file.starts_with('.')
+        && file
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(KeyError::FileName(file.chars().take(80).collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fin() -> ModelName {
+        ModelName::new("financial").unwrap()
+    }
+
+    #[test]
+    fn layout_matches_the_design() {
+        let v = Version::new(42).unwrap();
+        assert_eq!(
+            manifest(&fin(), v),
+            "models/financial/v000042/manifest.json"
+        );
+        assert_eq!(
+            version_file(&fin(), v, MODEL_ONNX).unwrap(),
+            "models/financial/v000042/model.onnx"
+        );
+        assert_eq!(
+            alias(&fin(), &Alias::new("production").unwrap()),
+            "models/financial/aliases/production"
+        );
+        let hex = "a".repeat(64);
+        assert_eq!(
+            dataset(&hex, "yml").unwrap(),
+            format!("datasets/sha256/{hex}.yml")
+        );
+        let job = JobId::new();
+        assert_eq!(
+            resume_file(job, "state.safetensors").unwrap(),
+            format!("jobs/{job}/resume/state.safetensors")
+        );
+    }
+
+    #[test]
+    fn bad_parts_are_rejected() {
+        assert!(dataset("../../etc/passwd", "yml").is_err());
+        assert!(dataset(&"A".repeat(64), "yml").is_err());
+        assert!(dataset(&"a".repeat(64), "sh").is_err());
+        let v = Version::first();
+        for bad in ["", "..", "../x", "a/b", ".hidden", "a b"] {
+            assert!(version_file(&fin(), v, bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn versions_are_read_back_from_keys() {
+        assert_eq!(
+            version_of_key(&fin(), "models/financial/v000003/manifest.json")
+                .unwrap()
+                .get(),
+            3
+        );
+        assert!(version_of_key(&fin(), "models/financial/aliases/prod").is_none());
+        assert!(version_of_key(&fin(), "models/financial2/v000003/manifest.json").is_none());
+        assert!(version_of_key(&fin(), "models/financial/v3/manifest.json").is_none());
+    }
+}

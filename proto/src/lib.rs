@@ -1,0 +1,34 @@
+//! # refit-proto
+//!
+//! The contract every refit process shares. It has no async runtime, broker, storage or ONNX
+//! Runtime dependency, so the coordinator, the workers and the CLI can all link it.
+//!
+//! ## Layout
+//! - [`ids`]: ID newtypes ([`JobId`], [`WorkerId`], [`ModelName`], [`Version`], [`Alias`]),
+//!   validated so that no path tricks reach an object key
+//! - [`job`]: the job message ([`JobSpec`])
+//! - [`event`]: worker events ([`Event`]) and control messages ([`Control`])
+//! - [`envelope`]: the versioned msgpack envelope and its typed [`DecodeError`]
+//! - [`manifest`]: a stored version's [`Manifest`], its [`LabelSet`] and architecture fingerprint
+//! - [`keys`]: the object-store key layout
+//! - [`data`]: training data (Rasa YAML NLU, JSONL) parsing
+//! - [`decision`]: the label-set diff and the fine-tune decision
+#![warn(missing_docs)]
+
+pub mod data;
+pub mod decision;
+pub mod envelope;
+pub mod event;
+pub mod ids;
+pub mod job;
+pub mod keys;
+pub mod manifest;
+
+pub use envelope::{DecodeError, Message, decode, encode};
+pub use event::{Control, ErrorKind, Event, EventKind};
+pub use ids::{Alias, IdError, JobId, ModelName, Version, WorkerId};
+pub use job::{Budget, DatasetRef, Hyperparams, JobSpec, Mode};
+pub use manifest::{ArchSpec, FeaturizerSpec, LabelSet, Manifest, Metrics};
+
+/// This crate's version, recorded in manifests.
+pub const REFIT_VERSION: &str = env!("CARGO_PKG_VERSION");

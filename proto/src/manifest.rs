@@ -1,0 +1,315 @@
+//! The model manifest (`models/<name>/v<NNNNNN>/manifest.json`): what a stored version is, what
+//! it was trained on, and how to check its files. Written last, it marks a version complete.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::data::TrainingData;
+use crate::ids::{ModelName, Version};
+use crate::job::Mode;
+
+/// The manifest format this build writes.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// The labels a model predicts. Fine-tuning needs the new data to use exactly these.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelSet {
+    /// Intent names (retrieval intents keep their full `faq/ask_x` name).
+    pub intents: BTreeSet<String>,
+    /// Entity types.
+    #[serde(default)]
+    pub entities: BTreeSet<String>,
+    /// Entity roles.
+    #[serde(default)]
+    pub roles: BTreeSet<String>,
+    /// Entity groups.
+    #[serde(default)]
+    pub groups: BTreeSet<String>,
+}
+
+impl LabelSet {
+    /// The labels a dataset uses.
+    pub fn of(data: &TrainingData) -> Self {
+        let mut set = Self::default();
+        for example in &data.examples {
+            set.intents.insert(example.intent.clone());
+            for entity in &example.entities {
+                set.entities.insert(entity.entity.clone());
+                if let Some(role) = &entity.role {
+                    set.roles.insert(role.clone());
+                }
+                if let Some(group) = &entity.group {
+                    set.groups.insert(group.clone());
+                }
+            }
+        }
+        set
+    }
+}
+
+/// The featurizer's settings: word tokens plus character n-grams within word boundaries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturizerSpec {
+    /// Lowercase the text before tokenising. Default `true`.
+    #[serde(default = "defaults::yes")]
+    pub lowercase: bool,
+    /// Include whole word tokens as features. Default `true`.
+    #[serde(default = "defaults::yes")]
+    pub word_tokens: bool,
+    /// Smallest character n-gram. Default 1.
+    #[serde(default = "defaults::ngram_min")]
+    pub char_ngram_min: u32,
+    /// Largest character n-gram. Default 4.
+    #[serde(default = "defaults::ngram_max")]
+    pub char_ngram_max: u32,
+}
+
+impl Default for FeaturizerSpec {
+    fn default() -> Self {
+        Self {
+            lowercase: true,
+            word_tokens: true,
+            char_ngram_min: 1,
+            char_ngram_max: 4,
+        }
+    }
+}
+
+/// The model's architecture hyperparameters ("DIET-lite"). Changing any of them means the
+/// stored weights no longer fit, so the model must be trained from scratch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchSpec {
+    /// Width of the shared feature embedding. Default 128.
+    #[serde(default = "defaults::embed_dim")]
+    pub embed_dim: u32,
+    /// Width of the intent MLP's hidden layer. Default 128.
+    #[serde(default = "defaults::hidden_dim")]
+    pub hidden_dim: u32,
+    /// Tokens on each side that the entity tagger sees. Default 1.
+    #[serde(default = "defaults::context_window")]
+    pub entity_context_window: u32,
+    /// Entity tagging scheme. Default `"bilou"`.
+    #[serde(default = "defaults::tag_scheme")]
+    pub tag_scheme: String,
+    /// The featurizer's settings.
+    #[serde(default)]
+    pub featurizer: FeaturizerSpec,
+}
+
+impl Default for ArchSpec {
+    fn default() -> Self {
+        Self {
+            embed_dim: defaults::embed_dim(),
+            hidden_dim: defaults::hidden_dim(),
+            entity_context_window: defaults::context_window(),
+            tag_scheme: defaults::tag_scheme(),
+            featurizer: FeaturizerSpec::default(),
+        }
+    }
+}
+
+impl ArchSpec {
+    /// A stable fingerprint of the architecture: `sha256:` of its canonical JSON, in which every
+    /// field is present with its resolved value. A spec written with only some fields, or with
+    /// none, fingerprints the same as one that spells the defaults out, so an untouched config
+    /// never reads as a change.
+    pub fn fingerprint(&self) -> String {
+        // serde_json::Value's maps are sorted, so this is canonical whatever the field order.
+        let value = serde_json::to_value(self).expect("an ArchSpec always serialises");
+        let canonical = serde_json::to_vec(&value).expect("a JSON value always serialises");
+        format!("sha256:{}", hex::encode(Sha256::digest(canonical)))
+    }
+
+    /// The names of the fields whose values differ between two specs, e.g.
+    /// `["embed_dim", "featurizer.char_ngram_max"]`.
+    pub fn changed_fields(&self, other: &Self) -> Vec<String> {
+        let a = serde_json::to_value(self).expect("an ArchSpec always serialises");
+        let b = serde_json::to_value(other).expect("an ArchSpec always serialises");
+        let mut out = Vec::new();
+        diff_values("", &a, &b, &mut out);
+        out
+    }
+}
+
+fn diff_values(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for key in keys {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                match (x.get(key), y.get(key)) {
+                    (Some(va), Some(vb)) => diff_values(&path, va, vb, out),
+                    _ => out.push(path),
+                }
+            }
+        }
+        _ if a != b => out.push(prefix.to_owned()),
+        _ => {}
+    }
+}
+
+mod defaults {
+    pub(super) fn yes() -> bool {
+        true
+    }
+    pub(super) fn ngram_min() -> u32 {
+        1
+    }
+    pub(super) fn ngram_max() -> u32 {
+        4
+    }
+    pub(super) fn embed_dim() -> u32 {
+        128
+    }
+    pub(super) fn hidden_dim() -> u32 {
+        128
+    }
+    pub(super) fn context_window() -> u32 {
+        1
+    }
+    pub(super) fn tag_scheme() -> String {
+        "bilou".to_owned()
+    }
+}
+
+/// Quality on the held-out data.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Fraction of examples whose top intent is right.
+    pub intent_accuracy: f64,
+    /// Unweighted mean of the per-intent F1.
+    pub intent_macro_f1: f64,
+    /// Per-intent F1 weighted by support.
+    pub intent_weighted_f1: f64,
+    /// Exact-span entity precision.
+    pub entity_precision: f64,
+    /// Exact-span entity recall.
+    pub entity_recall: f64,
+    /// Exact-span entity F1.
+    pub entity_f1: f64,
+    /// How many examples the numbers are over.
+    pub examples: u64,
+}
+
+/// Training-data facts recorded with a version.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataSummary {
+    /// sha256 (hex) of the dataset file as stored.
+    pub sha256: String,
+    /// Its object key.
+    pub key: String,
+    /// Number of examples after dropping duplicates.
+    pub examples: u64,
+    /// Examples per label.
+    #[serde(default)]
+    pub counts: crate::data::LabelCounts,
+}
+
+/// A file of a version, with its checksum.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// sha256 (hex) of the content.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A stored model version. Serialised as pretty JSON.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The manifest format ([`MANIFEST_FORMAT`]).
+    pub format: u32,
+    /// The model.
+    pub model: ModelName,
+    /// This version.
+    pub version: Version,
+    /// The version it was fine-tuned from; `None` for a scratch run.
+    #[serde(default)]
+    pub parent: Option<Version>,
+    /// How it was trained (`finetune` or `scratch`).
+    pub mode: Mode,
+    /// Fine-tunes since the last scratch run (0 for a scratch run).
+    #[serde(default)]
+    pub finetune_depth: u32,
+    /// The labels it predicts.
+    pub labels: LabelSet,
+    /// Its architecture.
+    pub arch: ArchSpec,
+    /// `arch.fingerprint()`, stored so that readers can compare without recomputing.
+    pub arch_fingerprint: String,
+    /// Number of features in the vocabulary.
+    pub vocab_size: u64,
+    /// The training data.
+    pub data: DataSummary,
+    /// Epochs actually trained in this run.
+    #[serde(default)]
+    pub epochs: f64,
+    /// Quality on held-out data, if the job had any.
+    #[serde(default)]
+    pub metrics: Option<Metrics>,
+    /// Seconds spent per phase (`download`, `train`, `evaluate`, `export`, `upload`).
+    #[serde(default)]
+    pub timings: BTreeMap<String, f64>,
+    /// Every other file of the version, by file name.
+    pub files: BTreeMap<String, FileEntry>,
+    /// The refit version that wrote it.
+    pub refit_version: String,
+    /// When it was written.
+    pub created_at: DateTime<Utc>,
+}
+
+impl Manifest {
+    /// Pretty JSON, as stored.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("a Manifest always serialises")
+    }
+
+    /// Reads a stored manifest.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_ignores_spelled_out_defaults() {
+        let empty: ArchSpec = serde_json::from_str("{}").unwrap();
+        let partial: ArchSpec = serde_json::from_str(r#"{"embed_dim": 128}"#).unwrap();
+        let full = ArchSpec::default();
+        assert_eq!(empty.fingerprint(), full.fingerprint());
+        assert_eq!(partial.fingerprint(), full.fingerprint());
+        let changed: ArchSpec = serde_json::from_str(r#"{"embed_dim": 64}"#).unwrap();
+        assert_ne!(changed.fingerprint(), full.fingerprint());
+    }
+
+    #[test]
+    fn changed_fields_names_nested_fields() {
+        let a = ArchSpec::default();
+        let mut b = ArchSpec::default();
+        b.hidden_dim = 64;
+        b.featurizer.char_ngram_max = 5;
+        assert_eq!(
+            a.changed_fields(&b),
+            vec!["featurizer.char_ngram_max", "hidden_dim"]
+        );
+        assert!(a.changed_fields(&a.clone()).is_empty());
+    }
+
+    #[test]
+    fn unknown_arch_fields_are_rejected() {
+        assert!(serde_json::from_str::<ArchSpec>(r#"{"embed_dims": 64}"#).is_err());
+    }
+}
