@@ -1,0 +1,1 @@
+//! Object store tests against the real S3 server.
