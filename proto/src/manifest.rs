@@ -298,9 +298,11 @@ mod tests {
     #[test]
     fn changed_fields_names_nested_fields() {
         let a = ArchSpec::default();
-        let mut b = ArchSpec::default();
-        b.hidden_dim = 64;
-        b.featurizer.char_ngram_max = 5;
+        let b = ArchSpec {
+            hidden_dim: 64,
+            featurizer: FeaturizerSpec { char_ngram_max: 5, ..FeaturizerSpec::default() },
+            ..ArchSpec::default()
+        };
         assert_eq!(
             a.changed_fields(&b),
             vec!["featurizer.char_ngram_max", "hidden_dim"]

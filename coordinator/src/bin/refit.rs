@@ -1,4 +1,10 @@
-//! `refit`: the command line.
-fn main() {
-    println!("refit {}", refit_proto::REFIT_VERSION);
+//! `refit`: the command line. See `refit --help`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use refit_coordinator::cli::{Cli, run};
+
+fn main() -> ExitCode {
+    run(Cli::parse())
 }

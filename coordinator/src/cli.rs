@@ -1,1 +1,0 @@
-//! The `refit` command line.
