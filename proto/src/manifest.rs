@@ -300,7 +300,10 @@ mod tests {
         let a = ArchSpec::default();
         let b = ArchSpec {
             hidden_dim: 64,
-            featurizer: FeaturizerSpec { char_ngram_max: 5, ..FeaturizerSpec::default() },
+            featurizer: FeaturizerSpec {
+                char_ngram_max: 5,
+                ..FeaturizerSpec::default()
+            },
             ..ArchSpec::default()
         };
         assert_eq!(

@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// An environment variable, or a default.
 pub fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
 }
 
 /// A name no other test (in this or a parallel run) uses: `<prefix>-<pid>-<n>-<nanos>`.

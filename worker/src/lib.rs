@@ -4,6 +4,7 @@
 //! services use.
 //!
 //! ## Layout
+//! - [`engine`]: the training engine: ONNX messages, ONNX Runtime loading and sessions
 //! - [`storage`]: the object-store interface, its S3 implementation (aws-sdk-s3) and a
 //!   local-directory implementation with the same key layout
 //! - [`queue`]: the RabbitMQ adapter (lapin): topology, confirmed publishing, manual-ack consuming
@@ -12,5 +13,6 @@
 //! coordinator already depends on this crate (for `refit predict` and `refit demo`); one crate
 //! fewer keeps the workspace to the five top-level folders of DESIGN §1.
 
+pub mod engine;
 pub mod queue;
 pub mod storage;

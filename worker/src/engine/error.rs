@@ -1,0 +1,96 @@
+//! [`EngineError`], the error type at the training engine's boundary, and its [`EngineErrorKind`].
+
+use std::path::PathBuf;
+
+/// What went wrong in the engine. [`EngineError::kind`] says what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No ONNX Runtime library was found on this machine.
+    #[error(
+        "ONNX Runtime not found: run deploy/onnxruntime.sh and export ORT_DYLIB_PATH=<the path it prints> ({detail})"
+    )]
+    RuntimeNotFound {
+        /// Where refit looked, or why the configured path was rejected.
+        detail: String,
+    },
+    /// A library was found but could not be loaded (wrong file, too old a version, missing symbols).
+    #[error(
+        "failed to load ONNX Runtime from {}: {source}; run deploy/onnxruntime.sh and export ORT_DYLIB_PATH=<the path it prints>",
+        path.display()
+    )]
+    RuntimeLoad {
+        /// The library refit tried to load.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: ort::LoadDynamicError,
+    },
+    /// The requested execution provider is not available in this build or on this machine.
+    #[error("execution provider unavailable: {0}")]
+    DeviceUnavailable(String),
+    /// Bytes that should hold an ONNX model do not decode as one.
+    #[error("invalid ONNX model bytes")]
+    ModelDecode(#[from] prost::DecodeError),
+    /// A tensor's stored data does not match its declared type or shape.
+    #[error("tensor {name:?}: {reason}")]
+    TensorData {
+        /// The tensor's name.
+        name: String,
+        /// What does not match.
+        reason: String,
+    },
+    /// A value handed to or read from a session has the wrong name, type or shape.
+    #[error("value {name:?}: {reason}")]
+    Value {
+        /// The input or output name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// ONNX Runtime reported an error while doing `context`.
+    #[error("{context}: {source}")]
+    Ort {
+        /// What refit asked ONNX Runtime to do, e.g. "failed to create session".
+        context: &'static str,
+        /// ONNX Runtime's error.
+        #[source]
+        source: ort::Error,
+    },
+}
+
+/// What kind of failure an [`EngineError`] is, for callers that choose between retrying
+/// elsewhere and failing a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineErrorKind {
+    /// This machine cannot run the engine (library missing or unloadable, device absent). Another
+    /// worker may succeed with the same job.
+    Setup,
+    /// The model or the values given to it are wrong. Retrying the same job will fail again.
+    Invalid,
+    /// ONNX Runtime failed while creating or running a session (out of memory, an op's kernel
+    /// failing, a graph ONNX Runtime rejects).
+    Runtime,
+}
+
+impl EngineError {
+    /// The kind of failure; see [`EngineErrorKind`].
+    pub fn kind(&self) -> EngineErrorKind {
+        match self {
+            Self::RuntimeNotFound { .. }
+            | Self::RuntimeLoad { .. }
+            | Self::DeviceUnavailable(_) => EngineErrorKind::Setup,
+            Self::ModelDecode(_) | Self::TensorData { .. } | Self::Value { .. } => {
+                EngineErrorKind::Invalid
+            }
+            Self::Ort { .. } => EngineErrorKind::Runtime,
+        }
+    }
+
+    /// Wraps an ONNX Runtime error with what refit was doing.
+    pub(crate) fn ort<E: Into<ort::Error>>(context: &'static str) -> impl FnOnce(E) -> Self {
+        move |source| Self::Ort {
+            context,
+            source: source.into(),
+        }
+    }
+}

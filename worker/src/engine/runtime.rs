@@ -1,0 +1,480 @@
+//! ONNX Runtime, loaded at run time: finding and loading the shared library once per process,
+//! creating sessions from model bytes, and [`run_f32`], a small host-tensor run helper.
+//!
+//! refit uses `ort` with `load-dynamic` and never links or downloads ONNX Runtime at build time
+//! (DESIGN §5). [`init`] finds the library, in this order:
+//!
+//! 1. `ORT_DYLIB_PATH`, when set and non-empty (what `deploy/onnxruntime.sh` prints);
+//! 2. `$REFIT_ORT_DIR/onnxruntime-*/libonnxruntime.so`, when `REFIT_ORT_DIR` is set (the script's
+//!    own override of its install folder);
+//! 3. `.ort/onnxruntime-*/libonnxruntime.so` in the current directory or one of its parents, then
+//!    in the executable's directory or one of its parents: where the script installs it, so
+//!    `refit demo` and `cargo test` work in a checkout without exporting anything.
+//!
+//! In a `.ort` folder holding several installs, the highest version wins, and among equal
+//! versions the `onnxruntime-gpu-*` one when refit-worker is built with its `cuda` feature (else
+//! the CPU one).
+//!
+//! ONNX Runtime allows one environment per process; [`environment`] holds it for the process's
+//! lifetime and every session refit creates uses it. Call [`init`] (or create a session) before
+//! any other `ort` API: `ort` on its own would load whatever `ORT_DYLIB_PATH` or the system's
+//! library search path gives, and panic when that fails.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    sync::{Mutex, OnceLock, PoisonError},
+};
+
+use ort::{
+    environment::Environment,
+    session::{
+        OutputSelector, RunOptions, Session, SessionInputValue,
+        builder::{GraphOptimizationLevel, SessionBuilder},
+    },
+    value::TensorRef,
+};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use super::EngineError;
+
+/// The environment variable naming the ONNX Runtime shared library (the same one `ort` reads).
+pub const ORT_DYLIB_PATH_VAR: &str = "ORT_DYLIB_PATH";
+
+/// The environment variable `deploy/onnxruntime.sh` installs into instead of `<repo>/.ort`.
+pub const ORT_DIR_VAR: &str = "REFIT_ORT_DIR";
+
+struct Loaded {
+    environment: Environment,
+    library: PathBuf,
+}
+
+static LOADED: OnceLock<Loaded> = OnceLock::new();
+/// Serialises first-time loading, so two threads never both try to create the environment (ONNX
+/// Runtime allows one per process). `OnceLock::get_or_try_init` would do, but is unstable.
+static LOADING: Mutex<()> = Mutex::new(());
+
+/// Loads ONNX Runtime and creates the process's environment, once; later calls return at once.
+/// A failed attempt is not remembered: the next call tries again.
+pub fn init() -> Result<(), EngineError> {
+    loaded().map(|_| ())
+}
+
+/// The process's ONNX Runtime environment, loading the library first if needed (see [`init`]).
+pub fn environment() -> Result<&'static Environment, EngineError> {
+    loaded().map(|loaded| &loaded.environment)
+}
+
+/// The library [`init`] loaded, once it has.
+pub fn library_path() -> Option<&'static Path> {
+    LOADED.get().map(|loaded| loaded.library.as_path())
+}
+
+fn loaded() -> Result<&'static Loaded, EngineError> {
+    if let Some(loaded) = LOADED.get() {
+        return Ok(loaded);
+    }
+    // The guard protects no data, so a panic while it was held leaves nothing inconsistent.
+    let _guard = LOADING.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(loaded) = LOADED.get() {
+        return Ok(loaded);
+    }
+    let library = find_library()?;
+    let environment = ort::init_from(&library)
+        .map_err(|source| EngineError::RuntimeLoad {
+            path: library.clone(),
+            source,
+        })?
+        .with_name("refit")
+        .with_telemetry(false)
+        .build()
+        .map_err(EngineError::ort(
+            "failed to create the ONNX Runtime environment",
+        ))?;
+    info!(library = %library.display(), "loaded onnx runtime");
+    Ok(LOADED.get_or_init(|| Loaded {
+        environment,
+        library,
+    }))
+}
+
+/// Finds the ONNX Runtime shared library as described in the [module docs](self), without
+/// loading it.
+pub fn find_library() -> Result<PathBuf, EngineError> {
+    if let Some(value) = env::var_os(ORT_DYLIB_PATH_VAR).filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(value);
+        if path.is_file() {
+            return Ok(path);
+        }
+        return Err(EngineError::RuntimeNotFound {
+            detail: format!("{ORT_DYLIB_PATH_VAR}={} is not a file", path.display()),
+        });
+    }
+
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = env::var_os(ORT_DIR_VAR).filter(|v| !v.is_empty()) {
+        roots.push(PathBuf::from(dir));
+    }
+    let mut bases: Vec<PathBuf> = Vec::new();
+    if let Ok(cwd) = env::current_dir() {
+        bases.extend(cwd.ancestors().map(Path::to_path_buf));
+    }
+    if let Some(exe_dir) = env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
+        bases.extend(exe_dir.ancestors().map(Path::to_path_buf));
+    }
+    for base in bases {
+        let root = base.join(".ort");
+        if !roots.contains(&root) {
+            roots.push(root);
+        }
+    }
+
+    for root in &roots {
+        if let Some(path) = best_install(root) {
+            return Ok(path);
+        }
+    }
+    Err(EngineError::RuntimeNotFound {
+        detail: format!(
+            "{ORT_DYLIB_PATH_VAR} is not set and no onnxruntime-*/{} exists under {}",
+            library_file_name(),
+            roots
+                .iter()
+                .map(|root| root.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
+}
+
+/// `libonnxruntime.so` (Linux), `libonnxruntime.dylib` (macOS), `onnxruntime.dll` (Windows).
+fn library_file_name() -> String {
+    format!(
+        "{}onnxruntime{}",
+        env::consts::DLL_PREFIX,
+        env::consts::DLL_SUFFIX
+    )
+}
+
+/// The best library among `<root>/onnxruntime-<version>/` and `<root>/onnxruntime-gpu-<version>/`.
+fn best_install(root: &Path) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(root).ok()?;
+    let file_name = library_file_name();
+    let mut best: Option<((Vec<u64>, bool), PathBuf)> = None;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some((gpu, version)) = parse_install_dir(name) else {
+            continue;
+        };
+        let library = entry.path().join(&file_name);
+        if !library.is_file() {
+            continue;
+        }
+        let rank = (version, gpu == cfg!(feature = "cuda"));
+        if best.as_ref().is_none_or(|(best_rank, _)| rank > *best_rank) {
+            best = Some((rank, library));
+        }
+    }
+    best.map(|(_, library)| library)
+}
+
+/// Parses `onnxruntime-1.32.0` / `onnxruntime-gpu-1.32.0` into (is GPU build, version numbers).
+fn parse_install_dir(name: &str) -> Option<(bool, Vec<u64>)> {
+    let (gpu, version) = if let Some(version) = name.strip_prefix("onnxruntime-gpu-") {
+        (true, version)
+    } else {
+        (false, name.strip_prefix("onnxruntime-")?)
+    };
+    let numbers = version
+        .split('.')
+        .map(|part| part.parse::<u64>().ok())
+        .collect::<Option<Vec<u64>>>()?;
+    Some((gpu, numbers))
+}
+
+/// Where a session runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Device {
+    /// ONNX Runtime's CPU execution provider.
+    #[default]
+    Cpu,
+    /// The CUDA execution provider on the GPU with this ordinal. Needs refit-worker's `cuda`
+    /// feature and the `onnxruntime-gpu` library (`REFIT_ORT_PACKAGE=onnxruntime-gpu
+    /// deploy/onnxruntime.sh`); session creation fails rather than falling back to the CPU.
+    Cuda(u32),
+}
+
+/// How much ONNX Runtime rewrites a graph before running it (ONNX Runtime's
+/// `GraphOptimizationLevel`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizationLevel {
+    /// No rewrites: the graph runs as written.
+    Disable,
+    /// Constant folding, redundant-node removal, simple fusions.
+    Basic,
+    /// Basic plus complex fusions (e.g. MatMul + Add into Gemm, GELU).
+    Extended,
+    /// Everything, including memory-layout rewrites (ONNX Runtime's default).
+    #[default]
+    All,
+}
+
+impl From<OptimizationLevel> for GraphOptimizationLevel {
+    fn from(level: OptimizationLevel) -> Self {
+        match level {
+            OptimizationLevel::Disable => GraphOptimizationLevel::Disable,
+            OptimizationLevel::Basic => GraphOptimizationLevel::Level1,
+            OptimizationLevel::Extended => GraphOptimizationLevel::Level2,
+            OptimizationLevel::All => GraphOptimizationLevel::All,
+        }
+    }
+}
+
+/// How sessions are created.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeOptions {
+    /// Where sessions run. Default: the CPU.
+    pub device: Device,
+    /// Threads ONNX Runtime uses inside one operator (its intra-op thread pool); 0 lets ONNX
+    /// Runtime choose (the number of physical cores). Default: `std::thread::available_parallelism`.
+    pub intra_threads: usize,
+    /// Graph optimisation level. Default: [`OptimizationLevel::All`].
+    pub optimization: OptimizationLevel,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            intra_threads: std::thread::available_parallelism().map_or(1, usize::from),
+            optimization: OptimizationLevel::All,
+        }
+    }
+}
+
+/// Creates a session for the ONNX model `model` (the bytes of a `.onnx` file), loading ONNX
+/// Runtime first if needed.
+pub fn session_from_bytes(model: &[u8], opts: &RuntimeOptions) -> Result<Session, EngineError> {
+    let builder = Session::builder(environment()?)
+        .map_err(EngineError::ort("failed to create session options"))?
+        .with_optimization_level(opts.optimization.into())
+        .map_err(EngineError::ort(
+            "failed to set the graph optimization level",
+        ))?
+        .with_intra_threads(opts.intra_threads)
+        .map_err(EngineError::ort("failed to set the intra-op thread count"))?;
+    let mut builder = match opts.device {
+        Device::Cpu => builder,
+        Device::Cuda(device_id) => with_cuda(builder, device_id)?,
+    };
+    builder
+        .commit_from_memory(model)
+        .map_err(EngineError::ort("failed to create session"))
+}
+
+#[cfg(feature = "cuda")]
+fn with_cuda(builder: SessionBuilder, device_id: u32) -> Result<SessionBuilder, EngineError> {
+    let id = i32::try_from(device_id).map_err(|_| {
+        EngineError::DeviceUnavailable(format!("CUDA device {device_id} is out of range"))
+    })?;
+    let cuda = ort::ep::CUDA::default()
+        .with_device_id(id)
+        .build()
+        .error_on_failure();
+    builder
+        .with_execution_providers([cuda])
+        .map_err(|err| EngineError::DeviceUnavailable(format!("CUDA device {device_id}: {err}")))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn with_cuda(_builder: SessionBuilder, device_id: u32) -> Result<SessionBuilder, EngineError> {
+    Err(EngineError::DeviceUnavailable(format!(
+        "CUDA device {device_id} requested, but refit-worker was built without its `cuda` feature"
+    )))
+}
+
+/// A dense row-major tensor in host memory, as handed to [`run_f32`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum HostTensor {
+    /// FLOAT elements.
+    F32 { shape: Vec<i64>, data: Vec<f32> },
+    /// INT64 elements.
+    I64 { shape: Vec<i64>, data: Vec<i64> },
+    /// BOOL elements.
+    Bool { shape: Vec<i64>, data: Vec<bool> },
+}
+
+impl HostTensor {
+    /// A FLOAT tensor.
+    pub fn f32(shape: &[i64], data: Vec<f32>) -> Self {
+        Self::F32 {
+            shape: shape.to_vec(),
+            data,
+        }
+    }
+
+    /// An INT64 tensor.
+    pub fn i64(shape: &[i64], data: Vec<i64>) -> Self {
+        Self::I64 {
+            shape: shape.to_vec(),
+            data,
+        }
+    }
+
+    /// A BOOL tensor.
+    pub fn bool(shape: &[i64], data: Vec<bool>) -> Self {
+        Self::Bool {
+            shape: shape.to_vec(),
+            data,
+        }
+    }
+
+    /// A borrowed ONNX Runtime value over this tensor's data (no copy).
+    fn view(&self) -> ort::Result<SessionInputValue<'_>> {
+        Ok(match self {
+            Self::F32 { shape, data } => {
+                TensorRef::from_array_view((shape.as_slice(), data.as_slice()))?.into()
+            }
+            Self::I64 { shape, data } => {
+                TensorRef::from_array_view((shape.as_slice(), data.as_slice()))?.into()
+            }
+            Self::Bool { shape, data } => {
+                TensorRef::from_array_view((shape.as_slice(), data.as_slice()))?.into()
+            }
+        })
+    }
+}
+
+/// A FLOAT output of [`run_f32`]: its shape and its elements, row-major.
+pub type F32Output = (Vec<i64>, Vec<f32>);
+
+/// Runs `session` on named inputs and returns the named FLOAT outputs as `(shape, values)`, in the
+/// order of `outputs`. Only the requested outputs are computed (ONNX Runtime prunes the rest).
+///
+/// Meant for tests, finite-difference checks and other one-off runs: it copies outputs out of
+/// ONNX Runtime. The training loop binds its buffers with `IoBinding` instead.
+pub fn run_f32(
+    session: &mut Session,
+    inputs: &[(&str, HostTensor)],
+    outputs: &[&str],
+) -> Result<Vec<F32Output>, EngineError> {
+    for (name, _) in inputs {
+        if !session.inputs().iter().any(|input| input.name() == *name) {
+            return Err(EngineError::Value {
+                name: (*name).to_owned(),
+                reason: "is not an input of the model".to_owned(),
+            });
+        }
+    }
+    let mut selector = OutputSelector::no_default();
+    for name in outputs {
+        if !session
+            .outputs()
+            .iter()
+            .any(|output| output.name() == *name)
+        {
+            return Err(EngineError::Value {
+                name: (*name).to_owned(),
+                reason: "is not an output of the model".to_owned(),
+            });
+        }
+        selector = selector.with(*name);
+    }
+    let run_options = RunOptions::new()
+        .map_err(EngineError::ort("failed to create run options"))?
+        .with_outputs(selector);
+
+    let mut values = Vec::with_capacity(inputs.len());
+    for (name, tensor) in inputs {
+        let value = tensor.view().map_err(|err| EngineError::Value {
+            name: (*name).to_owned(),
+            reason: err.to_string(),
+        })?;
+        values.push((*name, value));
+    }
+    let results = session
+        .run_with_options(values, &run_options)
+        .map_err(EngineError::ort("failed to run session"))?;
+
+    let mut out = Vec::with_capacity(outputs.len());
+    for name in outputs {
+        let value = results.get(*name).ok_or_else(|| EngineError::Value {
+            name: (*name).to_owned(),
+            reason: "missing from the session's results".to_owned(),
+        })?;
+        let (shape, data) =
+            value
+                .try_extract_tensor::<f32>()
+                .map_err(|err| EngineError::Value {
+                    name: (*name).to_owned(),
+                    reason: err.to_string(),
+                })?;
+        out.push((shape.to_vec(), data.to_vec()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_dirs_parse() {
+        assert_eq!(
+            parse_install_dir("onnxruntime-1.32.0"),
+            Some((false, vec![1, 32, 0]))
+        );
+        assert_eq!(
+            parse_install_dir("onnxruntime-gpu-1.32.1"),
+            Some((true, vec![1, 32, 1]))
+        );
+        assert_eq!(parse_install_dir("onnxruntime-1.32.0.partial"), None);
+        assert_eq!(parse_install_dir("env"), None);
+    }
+
+    #[test]
+    fn best_install_prefers_highest_version() {
+        let root = tempfile::tempdir().expect("temp dir");
+        for dir in [
+            "onnxruntime-1.9.0",
+            "onnxruntime-1.32.0",
+            "onnxruntime-1.40.0.partial",
+            "other",
+        ] {
+            std::fs::create_dir(root.path().join(dir)).expect("mkdir");
+            std::fs::write(root.path().join(dir).join(library_file_name()), b"").expect("write");
+        }
+        // A version folder without the library does not count.
+        std::fs::create_dir(root.path().join("onnxruntime-2.0.0")).expect("mkdir");
+        assert_eq!(
+            best_install(root.path()),
+            Some(
+                root.path()
+                    .join("onnxruntime-1.32.0")
+                    .join(library_file_name())
+            )
+        );
+        assert_eq!(best_install(&root.path().join("missing")), None);
+    }
+
+    #[test]
+    fn options_deserialize_with_defaults() {
+        let opts: RuntimeOptions =
+            serde_json::from_str(r#"{"device": {"cuda": 1}, "optimization": "basic"}"#)
+                .expect("parses");
+        assert_eq!(opts.device, Device::Cuda(1));
+        assert_eq!(opts.optimization, OptimizationLevel::Basic);
+        assert!(opts.intra_threads >= 1);
+        let cpu: RuntimeOptions = serde_json::from_str(r#"{"device": "cpu"}"#).expect("parses");
+        assert_eq!(cpu.device, Device::Cpu);
+        assert!(serde_json::from_str::<RuntimeOptions>(r#"{"threads": 2}"#).is_err());
+    }
+}

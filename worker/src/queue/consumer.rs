@@ -1,0 +1,392 @@
+//! [`Consumer`] and [`Delivery`]: manual-ack consuming that survives reconnects.
+
+use futures::{FutureExt, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Acker, Channel};
+use refit_proto::{DecodeError, Message};
+use tracing::{info, warn};
+
+use super::broker::{Broker, backoff_delay};
+use super::error::QueueError;
+use super::topology::Topology;
+
+/// Which queue a [`Consumer`] reads, and what it declares before subscribing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Source {
+    /// This pool's job queue (declares the topology).
+    Jobs,
+    /// The coordinator's events queue (declares it).
+    Events,
+    /// A fresh exclusive control queue per connection (declares it).
+    Control,
+}
+
+/// A subscription to one queue with manual acknowledgement and `basic.qos(prefetch)`.
+///
+/// When the connection drops, [`Consumer::next`] subscribes again on the next connection (it
+/// logs a warning and keeps waiting while the broker is away), so a worker loop needs no
+/// reconnection code. Deliveries taken before the drop can no longer be acked
+/// ([`QueueError::DeliveryChannelClosed`]); the broker requeues them and their delivery count
+/// goes up.
+///
+/// `next` is cancel-safe: use it in `select!` with a shutdown token. For a graceful stop call
+/// [`Consumer::cancel`] (no new deliveries), finish or nack what is in flight, then drop it.
+pub struct Consumer {
+    broker: Broker,
+    topology: Topology,
+    source: Source,
+    prefetch: u16,
+    queue: String,
+    active: Option<Active>,
+    cancelled: bool,
+}
+
+struct Active {
+    channel: Channel,
+    stream: lapin::Consumer,
+}
+
+impl Consumer {
+    /// Consumes this pool's job queue `<prefix>.jobs.<pool>` with `prefetch` from the config.
+    /// Declares the topology first (and again on every resubscription).
+    pub async fn jobs(broker: &Broker) -> Result<Self, QueueError> {
+        let prefetch = broker.config().prefetch;
+        Self::start(broker, Source::Jobs, prefetch).await
+    }
+
+    /// Consumes the coordinator's events queue `<prefix>.events.coordinator`, declaring it.
+    pub async fn events(broker: &Broker, prefetch: u16) -> Result<Self, QueueError> {
+        Self::start(broker, Source::Events, prefetch.max(1)).await
+    }
+
+    /// Consumes a new exclusive, auto-delete queue bound to `<prefix>.control`: every control
+    /// message published from now on, for as long as this consumer lives.
+    pub async fn control(broker: &Broker) -> Result<Self, QueueError> {
+        Self::start(broker, Source::Control, 16).await
+    }
+
+    async fn start(broker: &Broker, source: Source, prefetch: u16) -> Result<Self, QueueError> {
+        let topology = broker.topology();
+        let queue = match source {
+            Source::Jobs => topology.job_queue(),
+            Source::Events => topology.coordinator_events_queue(),
+            Source::Control => String::new(),
+        };
+        let mut consumer = Self {
+            broker: broker.clone(),
+            topology,
+            source,
+            prefetch,
+            queue,
+            active: None,
+            cancelled: false,
+        };
+        consumer.active = Some(consumer.subscribe().await?);
+        Ok(consumer)
+    }
+
+    /// The queue consumed (for control consumers, the current server-named queue).
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The next delivery. `None` once [`Consumer::cancel`] was called or the consumer was
+    /// cancelled and cannot subscribe again; `Some(Err(_))` only for permanent errors (a queue
+    /// declared with other arguments, refused permissions). Transient trouble is logged and
+    /// retried.
+    pub async fn next(&mut self) -> Option<Result<Delivery, QueueError>> {
+        let mut failures: u32 = 0;
+        loop {
+            if self.cancelled {
+                return None;
+            }
+            let Some(active) = self.active.as_mut() else {
+                match self.subscribe().await {
+                    Ok(active) => {
+                        info!(queue = %self.queue, "subscribed again after losing the consumer");
+                        self.active = Some(active);
+                    }
+                    Err(error) if error.is_transient() => {
+                        failures = failures.saturating_add(1);
+                        let config = self.broker.config();
+                        let delay =
+                            backoff_delay(config.reconnect_min(), config.reconnect_max(), failures);
+                        warn!(
+                            queue = %self.queue, %error, retry_in = ?delay,
+                            "cannot subscribe; retrying"
+                        );
+                        tokio::time::sleep(delay).await;
+                    }
+                    Err(error) => return Some(Err(error)),
+                }
+                continue;
+            };
+            match active.stream.next().await {
+                Some(Ok(delivery)) => {
+                    return Some(Ok(Delivery::new(delivery, active.channel.clone())));
+                }
+                Some(Err(error)) => {
+                    warn!(queue = %self.queue, %error, "consumer failed; subscribing again");
+                    self.active = None;
+                }
+                None if self.cancelled => return None,
+                None => {
+                    warn!(
+                        queue = %self.queue,
+                        "the broker cancelled the consumer; subscribing again"
+                    );
+                    self.active = None;
+                }
+            }
+        }
+    }
+
+    /// Stops consuming (`basic.cancel`): no new deliveries arrive and [`Consumer::next`] returns
+    /// `None`. The channel stays open so deliveries already handed out can still be acked; any
+    /// that arrived but were not handed out are requeued.
+    pub async fn cancel(&mut self) -> Result<(), QueueError> {
+        self.cancelled = true;
+        let Some(active) = self.active.as_mut() else {
+            return Ok(());
+        };
+        let tag = active.stream.tag();
+        let result = active
+            .channel
+            .basic_cancel(tag.clone(), BasicCancelOptions::default())
+            .await
+            .map_err(QueueError::amqp(format!(
+                "cancel consumer {tag} on {}",
+                self.queue
+            )));
+        // Hand back what was prefetched but never handed out.
+        while let Some(Some(Ok(delivery))) = active.stream.next().now_or_never() {
+            let _ = delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await;
+        }
+        result
+    }
+
+    async fn subscribe(&mut self) -> Result<Active, QueueError> {
+        let channel = self.broker.channel().await?;
+        match self.source {
+            Source::Jobs => self.topology.declare(&channel).await?,
+            Source::Events => self.topology.declare_coordinator(&channel).await?,
+            Source::Control => self.queue = self.topology.declare_control_queue(&channel).await?,
+        }
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(QueueError::amqp("set the prefetch count"))?;
+        let stream = channel
+            .basic_consume(
+                self.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(QueueError::amqp(format!("consume queue {}", self.queue)))?;
+        Ok(Active { channel, stream })
+    }
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("queue", &self.queue)
+            .field("prefetch", &self.prefetch)
+            .field("subscribed", &self.active.is_some())
+            .field("cancelled", &self.cancelled)
+            .finish()
+    }
+}
+
+/// One message from a [`Consumer`], to be settled with exactly one of [`Delivery::ack`],
+/// [`Delivery::nack_requeue`] or [`Delivery::reject`].
+///
+/// Settling is async, so `Drop` cannot do it properly. A delivery dropped unsettled (a bug, or a
+/// panicking handler) logs a warning and, inside a Tokio runtime, is nacked with requeue from a
+/// spawned task, so it goes back to the queue (counting against the delivery limit) instead of
+/// holding a prefetch slot until the channel closes.
+pub struct Delivery {
+    inner: lapin::message::Delivery,
+    /// Keeps the channel open until the delivery is settled.
+    channel: Channel,
+    settled: bool,
+}
+
+impl Delivery {
+    fn new(inner: lapin::message::Delivery, channel: Channel) -> Self {
+        Self {
+            inner,
+            channel,
+            settled: false,
+        }
+    }
+
+    /// The message body.
+    pub fn body(&self) -> &[u8] {
+        &self.inner.data
+    }
+
+    /// Decodes the body as a refit message.
+    pub fn decode<M: Message>(&self) -> Result<M, DecodeError> {
+        refit_proto::decode(self.body())
+    }
+
+    /// Whether the broker delivered it before (to this or another consumer).
+    pub fn redelivered(&self) -> bool {
+        self.inner.redelivered
+    }
+
+    /// How many times it was handed back before this delivery: the quorum queue's
+    /// `x-delivery-count` header, absent (0) on the first delivery.
+    pub fn delivery_count(&self) -> u32 {
+        delivery_count(self.inner.properties.headers().as_ref())
+    }
+
+    /// Which delivery this is, from 1: `delivery_count() + 1` (an event's `attempt`).
+    pub fn attempt(&self) -> u32 {
+        self.delivery_count().saturating_add(1)
+    }
+
+    /// The message id (the job id, for refit's messages).
+    pub fn message_id(&self) -> Option<&str> {
+        self.inner
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str())
+    }
+
+    /// The routing key it was published with.
+    pub fn routing_key(&self) -> &str {
+        self.inner.routing_key.as_str()
+    }
+
+    /// Done: the broker forgets the message.
+    pub async fn ack(mut self) -> Result<(), QueueError> {
+        let result = self.inner.acker.ack(BasicAckOptions::default()).await;
+        self.settled = true;
+        settled(result, "ack a delivery")
+    }
+
+    /// Hand it back to the queue for another try (counts against the delivery limit).
+    pub async fn nack_requeue(mut self) -> Result<(), QueueError> {
+        let options = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        let result = self.inner.acker.nack(options).await;
+        self.settled = true;
+        settled(result, "nack a delivery")
+    }
+
+    /// Give up on it: the broker dead-letters it (job queue → `<prefix>.jobs.dead`).
+    pub async fn reject(mut self) -> Result<(), QueueError> {
+        let result = self
+            .inner
+            .acker
+            .reject(BasicRejectOptions { requeue: false })
+            .await;
+        self.settled = true;
+        settled(result, "reject a delivery")
+    }
+}
+
+fn settled(result: lapin::Result<bool>, op: &'static str) -> Result<(), QueueError> {
+    match result {
+        Ok(true) => Ok(()),
+        // The acker was poisoned: its channel closed, and the broker requeues the message.
+        Ok(false) => Err(QueueError::DeliveryChannelClosed),
+        Err(error) => Err(QueueError::amqp(op)(error)),
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if self.settled || !self.inner.acker.usable() {
+            return;
+        }
+        warn!(
+            routing_key = %self.inner.routing_key,
+            message_id = self.message_id().unwrap_or(""),
+            "delivery dropped without ack, nack or reject; requeueing it"
+        );
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let acker: Acker = self.inner.acker.clone();
+        let channel = self.channel.clone();
+        runtime.spawn(async move {
+            let options = BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            };
+            if let Err(error) = acker.nack(options).await {
+                warn!(
+                    %error,
+                    "failed to requeue a dropped delivery; the broker will once the channel closes"
+                );
+            }
+            drop(channel);
+        });
+    }
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("routing_key", &self.routing_key())
+            .field("message_id", &self.message_id())
+            .field("redelivered", &self.redelivered())
+            .field("delivery_count", &self.delivery_count())
+            .field("bytes", &self.body().len())
+            .finish()
+    }
+}
+
+/// `x-delivery-count` from the headers, whatever integer type the broker used.
+fn delivery_count(headers: Option<&FieldTable>) -> u32 {
+    let Some(value) = headers.and_then(|h| h.inner().get("x-delivery-count")) else {
+        return 0;
+    };
+    let count: i64 = match value {
+        AMQPValue::ShortShortInt(v) => i64::from(*v),
+        AMQPValue::ShortShortUInt(v) => i64::from(*v),
+        AMQPValue::ShortInt(v) => i64::from(*v),
+        AMQPValue::ShortUInt(v) => i64::from(*v),
+        AMQPValue::LongInt(v) => i64::from(*v),
+        AMQPValue::LongUInt(v) => i64::from(*v),
+        AMQPValue::LongLongInt(v) => *v,
+        _ => 0,
+    };
+    u32::try_from(count.max(0)).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_count_reads_any_integer_header() {
+        assert_eq!(delivery_count(None), 0);
+        let mut headers = FieldTable::default();
+        assert_eq!(delivery_count(Some(&headers)), 0);
+        headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(3));
+        assert_eq!(delivery_count(Some(&headers)), 3);
+        headers.insert("x-delivery-count".into(), AMQPValue::LongInt(2));
+        assert_eq!(delivery_count(Some(&headers)), 2);
+        headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(-1));
+        assert_eq!(delivery_count(Some(&headers)), 0);
+    }
+}

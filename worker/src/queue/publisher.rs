@@ -1,0 +1,219 @@
+//! [`Publisher`]: confirmed, persistent, mandatory publishing.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Confirmation};
+use refit_proto::envelope::CONTENT_TYPE;
+use refit_proto::{Control, Event, JobSpec};
+use tokio::sync::Mutex;
+use tracing::debug;
+
+use super::broker::Broker;
+use super::error::QueueError;
+use super::topology::Topology;
+
+/// AMQP `delivery_mode` for messages that survive a broker restart.
+const PERSISTENT: u8 = 2;
+
+/// Publishes on one channel in confirm mode. Every `publish_*` returns only once the broker has
+/// confirmed the message (it is then stored in every queue it was routed to), and fails on a nack,
+/// on a missing confirm, or when the message matched no queue (published `mandatory`, so an
+/// unroutable job is an error rather than silently dropped).
+///
+/// After a lost connection the next publish opens a new channel; the failed one returns a
+/// transient error, and retrying it is safe because consumers expect duplicates (at-least-once).
+/// Share one `Publisher` between tasks: calls may run concurrently.
+pub struct Publisher {
+    broker: Broker,
+    topology: Topology,
+    channel: Mutex<Option<Channel>>,
+}
+
+impl Publisher {
+    /// Opens a confirm-mode channel on the broker's connection (waiting for one up to
+    /// `connect_timeout_ms`). It does not declare the topology: call [`Topology::declare`] first.
+    pub async fn new(broker: &Broker) -> Result<Self, QueueError> {
+        let publisher = Self {
+            broker: broker.clone(),
+            topology: broker.topology(),
+            channel: Mutex::new(None),
+        };
+        publisher.channel().await?;
+        Ok(publisher)
+    }
+
+    /// Publishes a job to this config's pool: exchange `<prefix>.jobs`, routing key the pool.
+    pub async fn publish_job(&self, job: &JobSpec) -> Result<(), QueueError> {
+        self.publish_job_to(self.topology.pool(), job).await
+    }
+
+    /// Publishes a job to a given pool's queue. [`QueueError::Unroutable`] when that pool has no
+    /// queue.
+    pub async fn publish_job_to(&self, pool: &str, job: &JobSpec) -> Result<(), QueueError> {
+        let properties = properties(Some(job.id.to_string())).with_priority(job.priority);
+        self.send(
+            &self.topology.jobs_exchange(),
+            pool,
+            &refit_proto::encode(job),
+            properties,
+            true,
+        )
+        .await
+    }
+
+    /// Publishes an event to `<prefix>.events` with routing key `job.<job id>.<event>`.
+    /// [`QueueError::Unroutable`] when no queue takes it (the coordinator never declared its
+    /// queue).
+    pub async fn publish_event(&self, event: &Event) -> Result<(), QueueError> {
+        self.send(
+            &self.topology.events_exchange(),
+            &Topology::event_routing_key(event),
+            &refit_proto::encode(event),
+            properties(Some(event.job_id.to_string())),
+            true,
+        )
+        .await
+    }
+
+    /// Publishes a control message to the `<prefix>.control` fanout. Not mandatory: with no worker
+    /// connected there is nobody to tell, and that is not an error.
+    pub async fn publish_control(&self, control: &Control) -> Result<(), QueueError> {
+        let job_id = match control {
+            Control::Cancel { job_id } => job_id.to_string(),
+        };
+        self.send(
+            &self.topology.control_exchange(),
+            &Topology::control_routing_key(control),
+            &refit_proto::encode(control),
+            properties(Some(job_id)),
+            false,
+        )
+        .await
+    }
+
+    /// Publishes raw bytes, persistent and mandatory, with refit's content type and a timestamp
+    /// but no message id.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+    ) -> Result<(), QueueError> {
+        self.send(exchange, routing_key, body, properties(None), true)
+            .await
+    }
+
+    async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), QueueError> {
+        let channel = self.channel().await?;
+        let options = BasicPublishOptions {
+            mandatory,
+            ..BasicPublishOptions::default()
+        };
+        let op = || format!("publish to exchange {exchange} with routing key {routing_key}");
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                body,
+                properties,
+            )
+            .await
+            .map_err(QueueError::amqp(op()))?;
+        let timeout = self.broker.config().confirm_timeout();
+        let confirmation = tokio::time::timeout(timeout, confirm)
+            .await
+            .map_err(|_| QueueError::ConfirmTimeout(timeout))?
+            .map_err(QueueError::amqp(op()))?;
+        match confirmation {
+            Confirmation::Ack(None) => {
+                debug!(exchange, routing_key, bytes = body.len(), "published");
+                Ok(())
+            }
+            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                Err(QueueError::Unroutable {
+                    exchange: exchange.to_owned(),
+                    routing_key: routing_key.to_owned(),
+                    reply_code: returned.reply_code,
+                    reply_text: returned.reply_text.to_string(),
+                })
+            }
+            // `NotRequested` cannot happen on a confirm-mode channel; treat it as not stored.
+            Confirmation::Nack(None) | Confirmation::NotRequested => Err(QueueError::Nacked {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+            }),
+        }
+    }
+
+    /// The confirm-mode channel, reopened when the connection it was on is gone.
+    async fn channel(&self) -> Result<Channel, QueueError> {
+        let mut slot = self.channel.lock().await;
+        if let Some(channel) = slot.as_ref()
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        let channel = self.broker.channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(QueueError::amqp("enable publisher confirms"))?;
+        *slot = Some(channel.clone());
+        Ok(channel)
+    }
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("broker", &self.broker)
+            .field("topology", &self.topology)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Persistent, refit's content type, a timestamp (seconds since the epoch), and the message id.
+fn properties(message_id: Option<String>) -> BasicProperties {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let properties = BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_content_type(CONTENT_TYPE.into())
+        .with_app_id("refit".into())
+        .with_timestamp(now);
+    match message_id {
+        Some(id) => properties.with_message_id(id.into()),
+        None => properties,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_persistent_msgpack_with_id_and_timestamp() {
+        let properties = properties(Some("job-1".into()));
+        assert_eq!(properties.delivery_mode(), &Some(PERSISTENT));
+        assert_eq!(
+            properties.content_type().as_ref().map(|s| s.as_str()),
+            Some("application/msgpack")
+        );
+        assert_eq!(
+            properties.message_id().as_ref().map(|s| s.as_str()),
+            Some("job-1")
+        );
+        assert!(properties.timestamp().is_some_and(|t| t > 1_600_000_000));
+    }
+}
