@@ -6,7 +6,7 @@
 //! `<repo>/.venv/bin/python`) and ONNX Runtime (`deploy/onnxruntime.sh`). A missing one fails the
 //! test with the command that installs it; nothing is skipped. The checker is `tools/onnx_check.py`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use refit_worker::engine::onnx::{
@@ -17,63 +17,13 @@ use refit_worker::engine::onnx::{
 use refit_worker::engine::runtime::{self, HostTensor, RuntimeOptions};
 use refit_worker::engine::{EngineError, EngineErrorKind};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the worker crate lives in the repo root")
-        .to_path_buf()
-}
+mod common;
 
-fn python() -> PathBuf {
-    let python = std::env::var_os("REFIT_PYTHON")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".venv/bin/python"));
-    assert!(
-        python.exists(),
-        "no Python with `onnx` at {}: run deploy/python-peers.sh (or set REFIT_PYTHON)",
-        python.display()
-    );
-    python
-}
-
-struct CheckOutcome {
-    success: bool,
-    output: String,
-}
+use common::{CheckOutcome, onnx_check_bytes, python, repo_root};
 
 /// Writes `model` to a temp file and runs `tools/onnx_check.py` on it.
 fn onnx_check(model: &ModelProto, canonical: bool) -> CheckOutcome {
     onnx_check_bytes(&model.to_bytes(), canonical)
-}
-
-fn onnx_check_bytes(bytes: &[u8], canonical: bool) -> CheckOutcome {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("model.onnx");
-    std::fs::write(&path, bytes).expect("write model");
-    let mut command = Command::new(python());
-    command.arg(repo_root().join("tools/onnx_check.py"));
-    if canonical {
-        command.arg("--canonical");
-    }
-    let out = command
-        .arg(&path)
-        .output()
-        .expect("run tools/onnx_check.py");
-    let output = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_ne!(
-        out.status.code(),
-        Some(2),
-        "tools/onnx_check.py could not run: {output}\nrun deploy/python-peers.sh"
-    );
-    CheckOutcome {
-        success: out.status.success(),
-        output,
-    }
 }
 
 fn session(model: &ModelProto) -> ort::session::Session {

@@ -56,6 +56,30 @@ pub enum EngineError {
         #[source]
         source: ort::Error,
     },
+    /// The training data cannot be used (no examples, an unknown label).
+    #[error("unusable training data: {0}")]
+    Data(String),
+    /// A stored model does not fit what it is asked to do (other labels, architecture or
+    /// vocabulary than its checkpoint).
+    #[error("incompatible model: {0}")]
+    Incompatible(String),
+    /// A stored model file is damaged.
+    #[error("corrupt model file {file}: {reason}")]
+    Corrupt {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A graph could not be built.
+    #[error("failed to build a graph: {0}")]
+    Graph(String),
+    /// Training stopped producing finite numbers.
+    #[error("training diverged: {0}")]
+    Diverged(String),
+    /// The run was stopped by its observer.
+    #[error("training cancelled")]
+    Cancelled,
 }
 
 /// What kind of failure an [`EngineError`] is, for callers that choose between retrying
@@ -79,10 +103,15 @@ impl EngineError {
             Self::RuntimeNotFound { .. }
             | Self::RuntimeLoad { .. }
             | Self::DeviceUnavailable(_) => EngineErrorKind::Setup,
-            Self::ModelDecode(_) | Self::TensorData { .. } | Self::Value { .. } => {
-                EngineErrorKind::Invalid
-            }
-            Self::Ort { .. } => EngineErrorKind::Runtime,
+            Self::ModelDecode(_)
+            | Self::TensorData { .. }
+            | Self::Value { .. }
+            | Self::Data(_)
+            | Self::Incompatible(_)
+            | Self::Corrupt { .. }
+            | Self::Graph(_)
+            | Self::Diverged(_) => EngineErrorKind::Invalid,
+            Self::Ort { .. } | Self::Cancelled => EngineErrorKind::Runtime,
         }
     }
 

@@ -306,6 +306,8 @@ fn with_cuda(_builder: SessionBuilder, device_id: u32) -> Result<SessionBuilder,
 pub enum HostTensor {
     /// FLOAT elements.
     F32 { shape: Vec<i64>, data: Vec<f32> },
+    /// DOUBLE elements (gradient checks).
+    F64 { shape: Vec<i64>, data: Vec<f64> },
     /// INT64 elements.
     I64 { shape: Vec<i64>, data: Vec<i64> },
     /// BOOL elements.
@@ -316,6 +318,14 @@ impl HostTensor {
     /// A FLOAT tensor.
     pub fn f32(shape: &[i64], data: Vec<f32>) -> Self {
         Self::F32 {
+            shape: shape.to_vec(),
+            data,
+        }
+    }
+
+    /// A DOUBLE tensor.
+    pub fn f64(shape: &[i64], data: Vec<f64>) -> Self {
+        Self::F64 {
             shape: shape.to_vec(),
             data,
         }
@@ -343,6 +353,9 @@ impl HostTensor {
             Self::F32 { shape, data } => {
                 TensorRef::from_array_view((shape.as_slice(), data.as_slice()))?.into()
             }
+            Self::F64 { shape, data } => {
+                TensorRef::from_array_view((shape.as_slice(), data.as_slice()))?.into()
+            }
             Self::I64 { shape, data } => {
                 TensorRef::from_array_view((shape.as_slice(), data.as_slice()))?.into()
             }
@@ -353,8 +366,11 @@ impl HostTensor {
     }
 }
 
-/// A FLOAT output of [`run_f32`]: its shape and its elements, row-major.
-pub type F32Output = (Vec<i64>, Vec<f32>);
+/// An output of [`run_f32`] / [`run_f64`]: its shape and its elements, row-major.
+pub type Output<T> = (Vec<i64>, Vec<T>);
+
+/// A FLOAT output of [`run_f32`].
+pub type F32Output = Output<f32>;
 
 /// Runs `session` on named inputs and returns the named FLOAT outputs as `(shape, values)`, in the
 /// order of `outputs`. Only the requested outputs are computed (ONNX Runtime prunes the rest).
@@ -366,6 +382,23 @@ pub fn run_f32(
     inputs: &[(&str, HostTensor)],
     outputs: &[&str],
 ) -> Result<Vec<F32Output>, EngineError> {
+    run_typed(session, inputs, outputs)
+}
+
+/// [`run_f32`] for DOUBLE outputs (the gradient checks run in f64).
+pub fn run_f64(
+    session: &mut Session,
+    inputs: &[(&str, HostTensor)],
+    outputs: &[&str],
+) -> Result<Vec<Output<f64>>, EngineError> {
+    run_typed(session, inputs, outputs)
+}
+
+fn run_typed<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug>(
+    session: &mut Session,
+    inputs: &[(&str, HostTensor)],
+    outputs: &[&str],
+) -> Result<Vec<Output<T>>, EngineError> {
     for (name, _) in inputs {
         if !session.inputs().iter().any(|input| input.name() == *name) {
             return Err(EngineError::Value {
@@ -410,13 +443,12 @@ pub fn run_f32(
             name: (*name).to_owned(),
             reason: "missing from the session's results".to_owned(),
         })?;
-        let (shape, data) =
-            value
-                .try_extract_tensor::<f32>()
-                .map_err(|err| EngineError::Value {
-                    name: (*name).to_owned(),
-                    reason: err.to_string(),
-                })?;
+        let (shape, data) = value
+            .try_extract_tensor::<T>()
+            .map_err(|err| EngineError::Value {
+                name: (*name).to_owned(),
+                reason: err.to_string(),
+            })?;
         out.push((shape.to_vec(), data.to_vec()));
     }
     Ok(out)

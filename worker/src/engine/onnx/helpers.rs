@@ -170,6 +170,15 @@ pub fn tensor_f32(name: impl Into<String>, dims: &[i64], values: &[f32]) -> Tens
     raw_tensor(name.into(), dims, DataType::Float, values.len(), raw)
 }
 
+/// A DOUBLE tensor holding `values` row-major in `raw_data`.
+///
+/// # Panics
+/// When `dims` does not describe exactly `values.len()` elements.
+pub fn tensor_f64(name: impl Into<String>, dims: &[i64], values: &[f64]) -> TensorProto {
+    let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    raw_tensor(name.into(), dims, DataType::Double, values.len(), raw)
+}
+
 /// An INT64 tensor holding `values` row-major in `raw_data`.
 ///
 /// # Panics

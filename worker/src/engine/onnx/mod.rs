@@ -27,7 +27,8 @@ mod proto;
 
 pub use helpers::{
     Dim, attr_float, attr_floats, attr_graph, attr_int, attr_ints, attr_string, attr_strings,
-    attr_tensor, node, opset, tensor_bool, tensor_f32, tensor_i32, tensor_i64, value_info,
+    attr_tensor, node, opset, tensor_bool, tensor_f32, tensor_f64, tensor_i32, tensor_i64,
+    value_info,
 };
 pub use proto::{
     AttributeProto, AttributeType, DataType, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,

@@ -1,0 +1,368 @@
+//! The "DIET-lite" model as ONNX graphs: the training step (forward, loss, gradients, AdamW) and
+//! the inference model.
+//!
+//! ```text
+//! feature ids [B,T,F] ─Gather(embedding)─▶ [B,T,F,D] ×weights ─Σ_F─▶ tokens [B,T,D] ─+b, ReLU, dropout─▶ h
+//! h ─Σ_T (token weights)─▶ sentence [B,D] ─MLP─▶ intent logits [B,C]
+//! h ─flatten, Gather(context window)─▶ [B·T, 2w+1, D] ─MLP─▶ tag logits [B·T, K]   (BILOU tags)
+//! loss = intent cross-entropy + tag cross-entropy
+//! ```
+//!
+//! **Row-sparse training.** The embedding is the only large parameter (`V × D`). The step graph
+//! never sees it whole: the trainer gathers the rows a batch uses (`emb_rows`, `[U, D]`) with
+//! their AdamW moments, the graph updates those rows (lazy AdamW: untouched rows keep their
+//! moments and are not decayed), and the trainer scatters them back. So a step costs
+//! `O(U·D)` for the embedding, not `O(V·D)`, and the vocabulary can grow freely.
+//!
+//! Dropout masks and one-hot targets are fed as inputs made by the trainer's seeded RNG, so a
+//! run is reproducible and its RNG state can be checkpointed.
+
+use super::autodiff::{AutodiffError, gradients};
+use super::graph::{DType, Dim, Graph, TensorData, Value};
+
+/// Sizes that fix the graphs' shapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    /// Embedding width `D`.
+    pub embed: i64,
+    /// Hidden width `H` of both heads.
+    pub hidden: i64,
+    /// Number of intents `C`.
+    pub intents: i64,
+    /// Number of entity tags `K`.
+    pub tags: i64,
+    /// Context window `w`: the tagger sees `2w + 1` tokens.
+    pub window: i64,
+}
+
+impl Dims {
+    /// Tokens the tagger sees per position.
+    pub fn context(&self) -> i64 {
+        2 * self.window + 1
+    }
+}
+
+/// The dense (non-embedding) parameters, in a fixed order, with their shapes.
+pub fn dense_params(d: &Dims) -> Vec<(&'static str, Vec<i64>)> {
+    vec![
+        ("b_tok", vec![d.embed]),
+        ("w_int1", vec![d.embed, d.hidden]),
+        ("b_int1", vec![d.hidden]),
+        ("w_int2", vec![d.hidden, d.intents]),
+        ("b_int2", vec![d.intents]),
+        ("w_ent1", vec![d.context() * d.embed, d.hidden]),
+        ("b_ent1", vec![d.hidden]),
+        ("w_ent2", vec![d.hidden, d.tags]),
+        ("b_ent2", vec![d.tags]),
+    ]
+}
+
+/// Whether weight decay applies to a parameter (matrices yes, biases no).
+pub fn decays(name: &str) -> bool {
+    name.starts_with("w_") || name == "embedding"
+}
+
+/// The name of the embedding parameter.
+pub const EMBEDDING: &str = "embedding";
+
+/// AdamW's constants (the learning rate and bias correction come in per step).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Added to the denominator.
+    pub eps: f64,
+}
+
+impl Default for AdamW {
+    fn default() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
+/// The inputs every forward pass takes (besides the parameters).
+struct Batch {
+    feat_w: Value,
+    tok_w: Value,
+    ctx_idx: Value,
+    ctx_mask: Value,
+}
+
+fn batch_inputs(g: &mut Graph, dt: DType, d: &Dims) -> Batch {
+    let (b, t, f) = (Dim::sym("batch"), Dim::sym("tokens"), Dim::sym("features"));
+    let bt = Dim::sym("batch_tokens");
+    Batch {
+        feat_w: g.input("feat_w", dt, vec![b.clone(), t.clone(), f, Dim::Fixed(1)]),
+        tok_w: g.input("tok_w", dt, vec![b, t, Dim::Fixed(1)]),
+        ctx_idx: g.input(
+            "ctx_idx",
+            DType::I64,
+            vec![bt.clone(), Dim::Fixed(d.context())],
+        ),
+        ctx_mask: g.input(
+            "ctx_mask",
+            dt,
+            vec![bt, Dim::Fixed(d.context()), Dim::Fixed(1)],
+        ),
+    }
+}
+
+/// Parameter values inside a graph, by name.
+struct Params {
+    dense: Vec<(&'static str, Value)>,
+}
+
+impl Params {
+    fn get(&self, name: &str) -> Value {
+        self.dense
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .expect("known parameter")
+    }
+}
+
+struct Forward {
+    intent_logits: Value,
+    tag_logits: Value,
+}
+
+/// Dropout masks (training only): `[B,T,D]` for token vectors, `[B,H]` and `[BT,H]` for the heads.
+struct Dropout {
+    tok: Value,
+    int: Value,
+    ent: Value,
+}
+
+fn forward(
+    g: &mut Graph,
+    d: &Dims,
+    embedding: Value,
+    feat_idx: Value,
+    p: &Params,
+    batch: &Batch,
+    dropout: Option<&Dropout>,
+) -> Forward {
+    let e = g.gather(embedding, feat_idx);
+    let e = g.mul(e, batch.feat_w);
+    let tok = g.reduce_sum(e, &[2], false);
+    let tok = g.add(tok, p.get("b_tok"));
+    let mut h = g.relu(tok);
+    if let Some(drop) = dropout {
+        h = g.mul(h, drop.tok);
+    }
+
+    // Intent head: weighted sum over tokens, then an MLP.
+    let pooled = g.mul(h, batch.tok_w);
+    let sentence = g.reduce_sum(pooled, &[1], false);
+    let z = g.matmul(sentence, p.get("w_int1"));
+    let z = g.add(z, p.get("b_int1"));
+    let mut z = g.relu(z);
+    if let Some(drop) = dropout {
+        z = g.mul(z, drop.int);
+    }
+    let intent_logits = g.matmul(z, p.get("w_int2"));
+    let intent_logits = g.add(intent_logits, p.get("b_int2"));
+
+    // Entity head: each token with its neighbours, then an MLP over BILOU tags.
+    let flat = g.reshape(
+        h,
+        &[-1, d.embed],
+        vec![Dim::sym("batch_tokens"), Dim::Fixed(d.embed)],
+    );
+    let ctx = g.gather(flat, batch.ctx_idx);
+    let ctx = g.mul(ctx, batch.ctx_mask);
+    let ctx = g.reshape(
+        ctx,
+        &[-1, d.context() * d.embed],
+        vec![Dim::sym("batch_tokens"), Dim::Fixed(d.context() * d.embed)],
+    );
+    let y = g.matmul(ctx, p.get("w_ent1"));
+    let y = g.add(y, p.get("b_ent1"));
+    let mut y = g.relu(y);
+    if let Some(drop) = dropout {
+        y = g.mul(y, drop.ent);
+    }
+    let tag_logits = g.matmul(y, p.get("w_ent2"));
+    let tag_logits = g.add(tag_logits, p.get("b_ent2"));
+    Forward {
+        intent_logits,
+        tag_logits,
+    }
+}
+
+/// Builds the training-step graph.
+///
+/// Inputs: `emb_rows`, `emb_rows_m`, `emb_rows_v` (`[U, D]`); `feat_idx` (`[B,T,F]`, indices into
+/// `emb_rows`); `feat_w`, `tok_w`, `ctx_idx`, `ctx_mask` (see [`infer_graph`]); dropout masks
+/// `drop_tok` (`[B,T,D]`), `drop_int` (`[B,H]`), `drop_ent` (`[BT,H]`); targets `intent_target`
+/// (`[B,C]`, one-hot already divided by B) and `tag_target` (`[BT,K]`, one-hot divided by the
+/// batch's real token count, zero rows for padding); for each dense parameter `p` the inputs
+/// `p`, `p_m`, `p_v`; scalars `lr_t` (the bias-corrected step size) and `lr_wd` (learning rate
+/// times weight decay).
+///
+/// Outputs: `loss`, `intent_loss`, `tag_loss`, and `new_<x>` for every parameter and moment input
+/// (`new_emb_rows`, `new_emb_rows_m`, …).
+pub fn train_graph(d: &Dims, adam: &AdamW) -> Result<Graph, AutodiffError> {
+    let dt = DType::F32;
+    let mut g = Graph::new();
+    let (rows, b, t, f, bt) = (
+        Dim::sym("rows"),
+        Dim::sym("batch"),
+        Dim::sym("tokens"),
+        Dim::sym("features"),
+        Dim::sym("batch_tokens"),
+    );
+    let emb = g.input("emb_rows", dt, vec![rows.clone(), Dim::Fixed(d.embed)]);
+    let emb_m = g.input("emb_rows_m", dt, vec![rows.clone(), Dim::Fixed(d.embed)]);
+    let emb_v = g.input("emb_rows_v", dt, vec![rows, Dim::Fixed(d.embed)]);
+    let feat_idx = g.input("feat_idx", DType::I64, vec![b.clone(), t.clone(), f]);
+    let batch = batch_inputs(&mut g, dt, d);
+    let dropout = Dropout {
+        tok: g.input("drop_tok", dt, vec![b.clone(), t, Dim::Fixed(d.embed)]),
+        int: g.input("drop_int", dt, vec![b.clone(), Dim::Fixed(d.hidden)]),
+        ent: g.input("drop_ent", dt, vec![bt.clone(), Dim::Fixed(d.hidden)]),
+    };
+    let intent_target = g.input("intent_target", dt, vec![b, Dim::Fixed(d.intents)]);
+    let tag_target = g.input("tag_target", dt, vec![bt, Dim::Fixed(d.tags)]);
+
+    let mut dense = Vec::new();
+    let mut moments = Vec::new();
+    for (name, dims) in dense_params(d) {
+        let shape: Vec<Dim> = dims.iter().map(|&n| Dim::Fixed(n)).collect();
+        let p = g.input(name, dt, shape.clone());
+        let m = g.input(&format!("{name}_m"), dt, shape.clone());
+        let v = g.input(&format!("{name}_v"), dt, shape);
+        dense.push((name, p));
+        moments.push((m, v));
+    }
+    let lr_t = g.input("lr_t", dt, vec![]);
+    let lr_wd = g.input("lr_wd", dt, vec![]);
+    let params = Params { dense };
+
+    let fwd = forward(&mut g, d, emb, feat_idx, &params, &batch, Some(&dropout));
+    let intent_loss = cross_entropy(&mut g, fwd.intent_logits, intent_target);
+    let tag_loss = cross_entropy(&mut g, fwd.tag_logits, tag_target);
+    let loss = g.add(intent_loss, tag_loss);
+
+    let mut wrt = vec![emb];
+    wrt.extend(params.dense.iter().map(|(_, v)| *v));
+    let grads = gradients(&mut g, loss, &wrt)?;
+
+    g.output(loss, "loss");
+    g.output(intent_loss, "intent_loss");
+    g.output(tag_loss, "tag_loss");
+
+    let update = |g: &mut Graph, name: &str, p: Value, m: Value, v: Value, grad: Value| {
+        let (np, nm, nv) = adamw(g, adam, p, m, v, grad, lr_t, decays(name).then_some(lr_wd));
+        g.output(np, &format!("new_{}", g.name(p).to_owned()));
+        g.output(nm, &format!("new_{}", g.name(m).to_owned()));
+        g.output(nv, &format!("new_{}", g.name(v).to_owned()));
+    };
+    update(&mut g, EMBEDDING, emb, emb_m, emb_v, grads[0]);
+    for (i, (name, p)) in params.dense.iter().enumerate() {
+        let (m, v) = moments[i];
+        update(&mut g, name, *p, m, v, grads[i + 1]);
+    }
+    Ok(g)
+}
+
+/// `-Σ target · log_softmax(logits)`: the targets carry the averaging weights.
+fn cross_entropy(g: &mut Graph, logits: Value, target: Value) -> Value {
+    let logp = g.log_softmax(logits);
+    let t = g.mul(logp, target);
+    let s = g.sum_all(t);
+    g.neg(s)
+}
+
+/// One AdamW update as graph nodes (Kingma & Ba's efficient form with the bias correction
+/// folded into `lr_t`; decoupled weight decay `p ← p − lr·wd·p` when `lr_wd` is given).
+#[allow(clippy::too_many_arguments)]
+fn adamw(
+    g: &mut Graph,
+    adam: &AdamW,
+    p: Value,
+    m: Value,
+    v: Value,
+    grad: Value,
+    lr_t: Value,
+    lr_wd: Option<Value>,
+) -> (Value, Value, Value) {
+    let m1 = g.scale(m, adam.beta1);
+    let g1 = g.scale(grad, 1.0 - adam.beta1);
+    let new_m = g.add(m1, g1);
+    let v1 = g.scale(v, adam.beta2);
+    let gg = g.mul(grad, grad);
+    let g2 = g.scale(gg, 1.0 - adam.beta2);
+    let new_v = g.add(v1, g2);
+    let root = g.sqrt(new_v);
+    let eps = g.scalar(g.dtype(p), adam.eps);
+    let denom = g.add(root, eps);
+    let step = g.div(new_m, denom);
+    let step = g.mul(step, lr_t);
+    let mut new_p = g.sub(p, step);
+    if let Some(lr_wd) = lr_wd {
+        let decay = g.mul(p, lr_wd);
+        new_p = g.sub(new_p, decay);
+    }
+    (new_p, new_m, new_v)
+}
+
+/// Parameter values for building the inference graph.
+pub struct ParamData<'a> {
+    /// The embedding, `[V, D]` row-major.
+    pub embedding: &'a [f32],
+    /// Vocabulary size `V` (rows of the embedding).
+    pub vocab: i64,
+    /// Dense parameters by name, in [`dense_params`] order.
+    pub dense: Vec<(&'a str, &'a [f32])>,
+}
+
+/// Names of the inference model's outputs.
+pub const INTENT_PROBS: &str = "intent_probs";
+/// Per-token BILOU tag probabilities, `[B·T, K]`.
+pub const TAG_PROBS: &str = "tag_probs";
+
+/// Builds the inference graph with the parameters as initializers.
+///
+/// Inputs: `feat_ids` (`[B,T,F]` i64 vocabulary ids, 0 = padding), `feat_w` (`[B,T,F,1]`
+/// feature weights, 0 for padding), `tok_w` (`[B,T,1]` token pooling weights: 1/n for an
+/// example's n real tokens, 0 for padding), `ctx_idx` (`[B·T, 2w+1]` row of each context token in
+/// the flattened `[B·T]` token list) and `ctx_mask` (`[B·T, 2w+1, 1]`, 0 where the window leaves
+/// the example). Outputs: [`INTENT_PROBS`] (`[B, C]`) and [`TAG_PROBS`] (`[B·T, K]`).
+pub fn infer_graph(d: &Dims, data: &ParamData<'_>) -> Graph {
+    let dt = DType::F32;
+    let mut g = Graph::new();
+    let feat_ids = g.input(
+        "feat_ids",
+        DType::I64,
+        vec![Dim::sym("batch"), Dim::sym("tokens"), Dim::sym("features")],
+    );
+    let batch = batch_inputs(&mut g, dt, d);
+    let embedding = g.initializer(
+        EMBEDDING,
+        &[data.vocab, d.embed],
+        TensorData::F32(data.embedding.to_vec()),
+    );
+    let mut dense = Vec::new();
+    for ((name, dims), (data_name, values)) in dense_params(d).into_iter().zip(&data.dense) {
+        assert_eq!(name, *data_name, "dense parameters out of order");
+        dense.push((
+            name,
+            g.initializer(name, &dims, TensorData::F32(values.to_vec())),
+        ));
+    }
+    let params = Params { dense };
+    let fwd = forward(&mut g, d, embedding, feat_ids, &params, &batch, None);
+    let probs = g.softmax(fwd.intent_logits);
+    g.output(probs, INTENT_PROBS);
+    let tags = g.softmax(fwd.tag_logits);
+    g.output(tags, TAG_PROBS);
+    g
+}

@@ -1,0 +1,204 @@
+//! Inference: the exported `model.onnx` (parameters as initializers) and a [`Predictor`] that
+//! featurizes texts, runs it, and decodes intents and entities.
+//!
+//! The model file is self-describing: its metadata holds the intents in class order, the entity
+//! types in tag order and the context window, so `model.onnx` plus `vocab.json` is all a reader
+//! needs. Any ONNX Runtime can run it; `tools/predict_parity.py` checks that stock Python
+//! `onnxruntime` gives the same probabilities as refit.
+
+use ort::session::Session;
+use refit_proto::data::Entity;
+use serde::{Deserialize, Serialize};
+
+use super::EngineError;
+use super::batch::{Encoded, Padded};
+use super::featurizer::{FeaturizedText, Featurizer};
+use super::model::{Dims, INTENT_PROBS, ParamData, TAG_PROBS, infer_graph};
+use super::onnx::ModelProto;
+use super::runtime::{RuntimeOptions, run_f32, session_from_bytes};
+use super::tags::TagSet;
+use super::trainer::NluModel;
+
+/// Metadata key: the intents, a JSON list in class order.
+pub const META_INTENTS: &str = "refit.intents";
+/// Metadata key: the entity types, a JSON list in tag order.
+pub const META_ENTITY_TYPES: &str = "refit.entity_types";
+/// Metadata key: the context window.
+pub const META_WINDOW: &str = "refit.entity_context_window";
+
+/// The inference model of `model` as ONNX bytes.
+pub fn export(model: &NluModel) -> Vec<u8> {
+    let ckpt = &model.checkpoint;
+    let data = ParamData {
+        embedding: &ckpt.embedding.value.data,
+        vocab: ckpt.vocab_rows(),
+        dense: ckpt
+            .dense
+            .iter()
+            .map(|(name, p)| (name.as_str(), p.value.data.as_slice()))
+            .collect(),
+    };
+    let graph = infer_graph(&model.dims(), &data);
+    let mut proto = graph.to_model("refit_nlu");
+    let meta = &ckpt.meta;
+    proto.set_metadata(
+        META_INTENTS,
+        serde_json::to_string(&meta.intents).expect("strings"),
+    );
+    proto.set_metadata(
+        META_ENTITY_TYPES,
+        serde_json::to_string(&meta.entity_types).expect("strings"),
+    );
+    proto.set_metadata(META_WINDOW, meta.window.to_string());
+    proto.to_bytes()
+}
+
+/// One intent with its probability.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IntentScore {
+    /// The intent.
+    pub name: String,
+    /// Its probability.
+    pub confidence: f32,
+}
+
+/// A prediction for one text.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Parse {
+    /// The text.
+    pub text: String,
+    /// The best intent.
+    pub intent: IntentScore,
+    /// Every intent, most likely first.
+    pub intent_ranking: Vec<IntentScore>,
+    /// The entities found (types only; character offsets into `text`).
+    pub entities: Vec<Entity>,
+}
+
+/// Runs an exported model.
+pub struct Predictor {
+    session: Session,
+    featurizer: Featurizer,
+    tags: TagSet,
+    intents: Vec<String>,
+    dims: Dims,
+}
+
+impl Predictor {
+    /// Loads `model.onnx` bytes with the vocabulary's featurizer.
+    pub fn new(
+        model_onnx: &[u8],
+        featurizer: Featurizer,
+        runtime: &RuntimeOptions,
+    ) -> Result<Self, EngineError> {
+        let proto = ModelProto::from_bytes(model_onnx)?;
+        let corrupt = |reason: &str| EngineError::Corrupt {
+            file: "model.onnx".into(),
+            reason: reason.to_owned(),
+        };
+        let intents: Vec<String> = proto
+            .metadata(META_INTENTS)
+            .and_then(|s| serde_json::from_str(s).ok())
+            .ok_or_else(|| corrupt("no intents in its metadata"))?;
+        let entity_types: Vec<String> = proto
+            .metadata(META_ENTITY_TYPES)
+            .and_then(|s| serde_json::from_str(s).ok())
+            .ok_or_else(|| corrupt("no entity types in its metadata"))?;
+        let window: i64 = proto
+            .metadata(META_WINDOW)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| corrupt("no context window in its metadata"))?;
+        let tags = TagSet::new(entity_types.iter().cloned());
+        let dims = Dims {
+            embed: 0,
+            hidden: 0,
+            intents: intents.len() as i64,
+            tags: tags.len() as i64,
+            window,
+        };
+        let session = session_from_bytes(model_onnx, runtime)?;
+        Ok(Self {
+            session,
+            featurizer,
+            tags,
+            intents,
+            dims,
+        })
+    }
+
+    /// A predictor for an in-memory model (exports it first).
+    pub fn for_model(model: &NluModel, runtime: &RuntimeOptions) -> Result<Self, EngineError> {
+        Self::new(&export(model), model.featurizer.clone(), runtime)
+    }
+
+    /// The intents, in class order.
+    pub fn intents(&self) -> &[String] {
+        &self.intents
+    }
+
+    /// The model's raw outputs for a batch of texts: intent probabilities `[B, C]` row-major and
+    /// tag probabilities `[B·T, K]` with `T` the batch's padded token count.
+    pub fn run(
+        &mut self,
+        texts: &[FeaturizedText],
+    ) -> Result<(Vec<f32>, Vec<f32>, usize), EngineError> {
+        let encoded: Vec<Encoded> = texts.iter().map(Encoded::from_text).collect();
+        let refs: Vec<&Encoded> = encoded.iter().collect();
+        let padded = Padded::new(&refs, self.dims.window, |id| id as i64);
+        let inputs = padded.inputs("feat_ids", &self.dims);
+        let mut out = run_f32(&mut self.session, &inputs, &[INTENT_PROBS, TAG_PROBS])?;
+        let tags = out.pop().expect("requested").1;
+        let intents = out.pop().expect("requested").1;
+        Ok((intents, tags, padded.tokens))
+    }
+
+    /// Parses texts (batched, 64 at a time).
+    pub fn parse(&mut self, texts: &[&str]) -> Result<Vec<Parse>, EngineError> {
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(64) {
+            let featurized: Vec<FeaturizedText> =
+                chunk.iter().map(|t| self.featurizer.featurize(t)).collect();
+            let (probs, tag_probs, tokens) = self.run(&featurized)?;
+            let c = self.intents.len();
+            let k = self.tags.len();
+            for (i, text) in chunk.iter().enumerate() {
+                let row = &probs[i * c..(i + 1) * c];
+                let mut ranking: Vec<IntentScore> = self
+                    .intents
+                    .iter()
+                    .zip(row)
+                    .map(|(name, &confidence)| IntentScore {
+                        name: name.clone(),
+                        confidence,
+                    })
+                    .collect();
+                ranking.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
+                let n = featurized[i].tokens.len();
+                let tags: Vec<u32> = (0..n)
+                    .map(|t| {
+                        let p = &tag_probs[(i * tokens + t) * k..(i * tokens + t + 1) * k];
+                        argmax(p) as u32
+                    })
+                    .collect();
+                let entities = self.tags.decode(&tags, &featurized[i].tokens, text);
+                out.push(Parse {
+                    text: (*text).to_owned(),
+                    intent: ranking[0].clone(),
+                    intent_ranking: ranking,
+                    entities,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] {
+            best = i;
+        }
+    }
+    best
+}
