@@ -22,6 +22,12 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = env("DROPOUT") {
         opts.dropout = v.parse()?;
     }
+    if let Some(v) = env("ENTW") {
+        opts.entity_loss_weight = v.parse()?;
+    }
+    if let Some(v) = env("FDROP") {
+        opts.feature_dropout = v.parse()?;
+    }
     if let Some(v) = env("WD") {
         opts.weight_decay = v.parse()?;
     }
@@ -38,7 +44,8 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = env("WINDOW") {
         arch.entity_context_window = v.parse()?;
     }
-    let mut model = NluModel::new(arch, &train, 42)?;
+    let seed: u64 = env("SEED").map(|s| s.parse()).transpose()?.unwrap_or(42);
+    let mut model = NluModel::new(arch, &train, seed)?;
     let report = model.train(&train, epochs, &opts, &mut Quiet)?;
     println!("{report:?}");
     let mut predictor = Predictor::for_model(&model, &opts.runtime)?;

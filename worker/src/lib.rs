@@ -7,6 +7,7 @@
 //! - [`engine`]: the training engine: ONNX messages, ONNX Runtime loading and sessions
 //! - [`storage`]: the object-store interface, its S3 implementation (aws-sdk-s3) and a
 //!   local-directory implementation with the same key layout
+//! - [`version`]: stored model versions (files first, manifest last; sha256-checked reads)
 //! - [`queue`]: the RabbitMQ adapter (lapin): topology, confirmed publishing, manual-ack consuming
 //!
 //! The storage and queue adapters live here rather than in a crate of their own because the
@@ -16,3 +17,4 @@
 pub mod engine;
 pub mod queue;
 pub mod storage;
+pub mod version;

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use refit_proto::ArchSpec;
 use refit_proto::data::{TrainingData, load_file, load_files};
-use refit_worker::engine::batch::{Encoded, Padded};
+use refit_worker::engine::batch::{Encoded, Ragged};
 use refit_worker::engine::model::{AdamW, Dims, train_graph};
 use refit_worker::engine::predict::{Predictor, export};
 use refit_worker::engine::runtime::{HostTensor, RuntimeOptions};
@@ -156,23 +156,17 @@ fn python_onnxruntime_matches_refit_on_every_test_example() {
     let bytes = export(&model);
     let mut predictor =
         Predictor::new(&bytes, model.featurizer.clone(), &RuntimeOptions::default()).unwrap();
-    let d = Dims {
-        embed: 0,
-        hidden: 0,
-        intents: 0,
-        tags: 0,
-        window: model.dims().window,
-    };
+    let d = model.dims();
     let mut cases = Vec::new();
     for chunk in test.examples.chunks(16) {
         let featurized: Vec<_> = chunk
             .iter()
             .map(|e| model.featurizer.featurize(&e.text))
             .collect();
-        let (probs, _, _) = predictor.run(&featurized).unwrap();
+        let probs = predictor.run(&featurized).unwrap().intent_probs;
         let encoded: Vec<Encoded> = featurized.iter().map(Encoded::from_text).collect();
         let refs: Vec<&Encoded> = encoded.iter().collect();
-        let padded = Padded::new(&refs, d.window, |id| id as i64);
+        let padded = Ragged::new(&refs, d.window, |id| id as i64);
         let mut inputs = serde_json::Map::new();
         for (name, tensor) in padded.inputs("feat_ids", &d) {
             let json = match tensor {

@@ -3,9 +3,13 @@
 //! Layout:
 //! - `exit`: the documented exit codes
 //! - `check`: `refit check`, the fine-tune decision for a dataset
+//! - `demo`: `refit demo`, the seed experiment (scratch, fine-tune, retrain) in one process
+//! - `predict`: `refit predict`, intents and entities of texts from a stored version
 
 mod check;
+mod demo;
 pub mod exit;
+mod predict;
 
 use std::process::ExitCode;
 
@@ -31,6 +35,10 @@ pub struct Cli {
 pub enum Command {
     /// Decide whether a model may be fine-tuned on new training data, and show the label diff.
     Check(check::CheckArgs),
+    /// Train v1 on set1, fine-tune it on set1 + set2 (v2), retrain from scratch (v3), compare.
+    Demo(demo::DemoArgs),
+    /// Print the intents and entities a stored version finds in texts.
+    Predict(predict::PredictArgs),
 }
 
 /// How results are printed.
@@ -48,6 +56,8 @@ pub fn run(cli: Cli) -> ExitCode {
     init_logging(&cli.log);
     let result = match cli.command {
         Command::Check(args) => check::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Predict(args) => predict::run(args),
     };
     match result {
         Ok(code) => code,
@@ -55,6 +65,19 @@ pub fn run(cli: Cli) -> ExitCode {
             eprintln!("error: {error:#}");
             exit::ERROR.into()
         }
+    }
+}
+
+/// Prints `text` and a newline on stdout. A closed pipe (`refit … | head`) is not an error: the
+/// reader has what it wanted.
+pub(crate) fn print_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("cannot write to stdout"))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -5,8 +5,8 @@
 //! is checked against central finite differences in this module's tests.
 //!
 //! Supported: Add, Sub, Mul, Div, Neg, Relu, Exp, Sqrt, Identity, MatMul (2-D right operand),
-//! Transpose (2-D), ReduceSum, Gather (axis 0), Reshape, Unsqueeze, Expand, LogSoftmax, Softmax
-//! (last axis). Integer and shape values carry no gradient.
+//! Transpose (2-D), ReduceSum, Gather (axis 0), ScatterND (row scatter-add), Reshape, Unsqueeze,
+//! Expand, LogSoftmax, Softmax (last axis). Integer and shape values carry no gradient.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -197,6 +197,20 @@ fn rule(
             let zeros = g.zeros_like(x[0]);
             let idx = g.unsqueeze_last(x[1]);
             vec![Some(g.scatter_add_rows(zeros, idx, dy)), None]
+        }
+        "ScatterND" => {
+            if node.attrs.get("reduction") != Some(&super::graph::Attr::Str("add".into())) {
+                return Err(AutodiffError::NoRule(
+                    "ScatterND (other than reduction=add)".into(),
+                ));
+            }
+            // Row scatter-add (indices [N, 1]): the data passes dy through, each update row
+            // receives the gradient of the row it was added to.
+            let d_updates = wants[2].then(|| {
+                let flat = g.reshape(x[1], &[-1], vec![Dim::sym("scattered")]);
+                g.gather(dy, flat)
+            });
+            vec![Some(dy), None, d_updates]
         }
         "Reshape" | "Unsqueeze" => vec![Some(g.reshape_like(dy, x[0])), None],
         "Expand" => vec![Some(unbroadcast(g, dy, x[0])), None],
@@ -497,6 +511,21 @@ mod tests {
             let idx = g.constant(&[2, 4], TensorData::I64(vec![0, 4, 4, 1, 2, 0, 0, 3]));
             g.gather(v[0], idx)
         });
+    }
+
+    #[test]
+    fn scatter_add_rows_into_data_and_from_updates() {
+        let mut r = rng();
+        check(
+            vec![
+                input(&mut r, "data", &[4, 3], -1.0, 1.0),
+                input(&mut r, "updates", &[6, 3], -1.0, 1.0),
+            ],
+            |g, v| {
+                let idx = g.constant(&[6, 1], TensorData::I64(vec![0, 3, 3, 1, 0, 3]));
+                g.scatter_add_rows(v[0], idx, v[1])
+            },
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Turning featurized examples into the padded tensors the graphs take (see `model`).
+//! Turning featurized examples into the ragged batch tensors the graphs take (see `model`).
 
 use super::featurizer::{FeaturizedText, PAD};
 use super::model::Dims;
@@ -27,119 +27,103 @@ impl Encoded {
     }
 }
 
-/// The shared inputs of a padded batch.
+/// A ragged batch: every feature, token and example listed once, no padding (see
+/// `model::infer_graph` for the tensors).
 #[derive(Debug)]
-pub struct Padded {
-    /// Examples in the batch.
+pub struct Ragged {
+    /// Examples `B`.
     pub batch: usize,
-    /// Tokens per example after padding (at least 1).
+    /// Tokens `M` over all examples.
     pub tokens: usize,
-    /// Features per token after padding (at least 1).
-    pub features: usize,
-    /// `[B,T,F]` feature ids (vocabulary ids for inference, row indices for training).
+    /// `[N]` feature ids (vocabulary ids for inference, row indices for training).
     pub ids: Vec<i64>,
-    /// `[B,T,F,1]` feature weights.
+    /// `[N, 1]` feature weights.
     pub feat_w: Vec<f32>,
-    /// `[B,T,1]` token pooling weights.
+    /// `[N, 1]` each feature's token.
+    pub feat_tok: Vec<i64>,
+    /// `[M, 1]` token pooling weights.
     pub tok_w: Vec<f32>,
-    /// `[B·T, 2w+1]` context rows.
+    /// `[M, 1]` each token's example.
+    pub tok_ex: Vec<i64>,
+    /// `[M, 2w+1]` context tokens.
     pub ctx_idx: Vec<i64>,
-    /// `[B·T, 2w+1, 1]` context mask.
+    /// `[M, 2w+1, 1]` context mask.
     pub ctx_mask: Vec<f32>,
-    /// Real tokens per example (before padding).
-    pub lengths: Vec<usize>,
+    /// Where each example's tokens start in the token list (`B + 1` entries).
+    pub offsets: Vec<usize>,
 }
 
-impl Padded {
-    /// Pads a batch. `map` turns a vocabulary id into the value stored in `ids` (identity for
+impl Ragged {
+    /// Lays out a batch. `map` turns a vocabulary id into the value stored in `ids` (identity for
     /// inference; a row index into the gathered embedding rows for training).
     pub fn new(examples: &[&Encoded], window: i64, mut map: impl FnMut(u32) -> i64) -> Self {
-        let batch = examples.len();
-        let tokens = examples
-            .iter()
-            .map(|e| e.tokens.len())
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        let features = examples
+        let tokens: usize = examples.iter().map(|e| e.tokens.len()).sum();
+        let features: usize = examples
             .iter()
             .flat_map(|e| e.tokens.iter().map(Vec::len))
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        let pad = map(PAD);
-        let mut ids = vec![pad; batch * tokens * features];
-        let mut feat_w = vec![0.0f32; batch * tokens * features];
-        let mut tok_w = vec![0.0f32; batch * tokens];
-        let mut lengths = Vec::with_capacity(batch);
-        for (b, example) in examples.iter().enumerate() {
-            let n = example.tokens.len();
-            lengths.push(n);
-            for (t, token) in example.tokens.iter().enumerate() {
-                tok_w[b * tokens + t] = 1.0 / n as f32;
-                if token.is_empty() {
-                    continue;
-                }
-                // sqrt-n combiner: a token's vector does not grow with its number of n-grams.
-                let w = 1.0 / (token.len() as f32).sqrt();
-                let base = (b * tokens + t) * features;
-                for (f, &id) in token.iter().enumerate() {
-                    ids[base + f] = map(id);
-                    feat_w[base + f] = w;
-                }
-            }
-        }
+            .sum();
         let context = (2 * window + 1) as usize;
-        let mut ctx_idx = vec![0i64; batch * tokens * context];
-        let mut ctx_mask = vec![0.0f32; batch * tokens * context];
-        for (b, &length) in lengths.iter().enumerate() {
-            for t in 0..tokens {
-                let row = b * tokens + t;
-                for (k, offset) in (-window..=window).enumerate() {
+        let mut r = Ragged {
+            batch: examples.len(),
+            tokens,
+            ids: Vec::with_capacity(features),
+            feat_w: Vec::with_capacity(features),
+            feat_tok: Vec::with_capacity(features),
+            tok_w: Vec::with_capacity(tokens),
+            tok_ex: Vec::with_capacity(tokens),
+            ctx_idx: Vec::with_capacity(tokens * context),
+            ctx_mask: Vec::with_capacity(tokens * context),
+            offsets: Vec::with_capacity(examples.len() + 1),
+        };
+        let mut m = 0usize;
+        for (b, example) in examples.iter().enumerate() {
+            r.offsets.push(m);
+            let n = example.tokens.len();
+            for (t, token) in example.tokens.iter().enumerate() {
+                r.tok_w.push(1.0 / n as f32);
+                r.tok_ex.push(b as i64);
+                // sqrt-n combiner: a token's vector does not grow with its number of n-grams.
+                let w = 1.0 / (token.len().max(1) as f32).sqrt();
+                for &id in token {
+                    r.ids.push(map(id));
+                    r.feat_w.push(w);
+                    r.feat_tok.push((m + t) as i64);
+                }
+                for offset in -window..=window {
                     let other = t as i64 + offset;
-                    let inside = t < length && other >= 0 && (other as usize) < length;
-                    let slot = row * context + k;
-                    if inside {
-                        ctx_idx[slot] = (b * tokens) as i64 + other;
-                        ctx_mask[slot] = 1.0;
+                    if other >= 0 && (other as usize) < n {
+                        r.ctx_idx.push((m as i64) + other);
+                        r.ctx_mask.push(1.0);
                     } else {
-                        ctx_idx[slot] = row as i64;
+                        r.ctx_idx.push((m + t) as i64);
+                        r.ctx_mask.push(0.0);
                     }
                 }
             }
+            m += n;
         }
-        Self {
-            batch,
-            tokens,
-            features,
-            ids,
-            feat_w,
-            tok_w,
-            ctx_idx,
-            ctx_mask,
-            lengths,
-        }
+        r.offsets.push(m);
+        r
     }
 
-    /// The named inputs shared by the training and inference graphs (`ids` under `ids_name`).
+    /// The named batch inputs shared by the training and inference graphs (`ids` under
+    /// `ids_name`).
     pub fn inputs(&self, ids_name: &'static str, d: &Dims) -> Vec<(&'static str, HostTensor)> {
-        let (b, t, f) = (self.batch as i64, self.tokens as i64, self.features as i64);
+        let (b, m, n) = (self.batch as i64, self.tokens as i64, self.ids.len() as i64);
         let c = d.context();
         vec![
-            (ids_name, HostTensor::i64(&[b, t, f], self.ids.clone())),
-            (
-                "feat_w",
-                HostTensor::f32(&[b, t, f, 1], self.feat_w.clone()),
-            ),
-            ("tok_w", HostTensor::f32(&[b, t, 1], self.tok_w.clone())),
-            (
-                "ctx_idx",
-                HostTensor::i64(&[b * t, c], self.ctx_idx.clone()),
-            ),
+            (ids_name, HostTensor::i64(&[n], self.ids.clone())),
+            ("feat_w", HostTensor::f32(&[n, 1], self.feat_w.clone())),
+            ("feat_tok", HostTensor::i64(&[n, 1], self.feat_tok.clone())),
+            ("tok_w", HostTensor::f32(&[m, 1], self.tok_w.clone())),
+            ("tok_ex", HostTensor::i64(&[m, 1], self.tok_ex.clone())),
+            ("ctx_idx", HostTensor::i64(&[m, c], self.ctx_idx.clone())),
             (
                 "ctx_mask",
-                HostTensor::f32(&[b * t, c, 1], self.ctx_mask.clone()),
+                HostTensor::f32(&[m, c, 1], self.ctx_mask.clone()),
             ),
+            ("tok_shape", HostTensor::i64(&[2], vec![m, d.embed])),
+            ("sent_shape", HostTensor::i64(&[2], vec![b, d.embed])),
         ]
     }
 }
@@ -200,29 +184,25 @@ mod tests {
     }
 
     #[test]
-    fn pads_and_weights() {
+    fn lays_out_ragged_batches() {
         let a = ex(vec![vec![3, 4], vec![5]]);
         let b = ex(vec![vec![6, 7, 8, 9]]);
-        let p = Padded::new(&[&a, &b], 1, |id| id as i64);
-        assert_eq!((p.batch, p.tokens, p.features), (2, 2, 4));
-        assert_eq!(&p.ids[..8], &[3, 4, 0, 0, 5, 0, 0, 0]);
-        assert_eq!(&p.ids[8..12], &[6, 7, 8, 9]);
-        assert!((p.feat_w[0] - 1.0 / 2f32.sqrt()).abs() < 1e-6);
-        assert_eq!(p.feat_w[2], 0.0);
-        assert_eq!(p.tok_w, vec![0.5, 0.5, 1.0, 0.0]);
-        // Example a, token 0: neighbours -1 (outside), 0, 1.
-        assert_eq!(&p.ctx_idx[0..3], &[0, 0, 1]);
-        assert_eq!(&p.ctx_mask[0..3], &[0.0, 1.0, 1.0]);
-        // Example b, token 1 is padding: all masked.
-        assert_eq!(&p.ctx_mask[9..12], &[0.0, 0.0, 0.0]);
-    }
-
-    #[test]
-    fn empty_examples_still_have_one_slot() {
-        let e = ex(vec![]);
-        let p = Padded::new(&[&e], 2, |id| id as i64);
-        assert_eq!((p.tokens, p.features), (1, 1));
-        assert_eq!(p.tok_w, vec![0.0]);
+        let empty = ex(vec![]);
+        let r = Ragged::new(&[&a, &empty, &b], 1, |id| id as i64);
+        assert_eq!((r.batch, r.tokens), (3, 3));
+        assert_eq!(r.ids, vec![3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(r.feat_tok, vec![0, 0, 1, 2, 2, 2, 2]);
+        assert!((r.feat_w[0] - 1.0 / 2f32.sqrt()).abs() < 1e-6);
+        assert_eq!(r.feat_w[3], 0.5);
+        assert_eq!(r.tok_w, vec![0.5, 0.5, 1.0]);
+        assert_eq!(r.tok_ex, vec![0, 0, 2]);
+        assert_eq!(r.offsets, vec![0, 2, 2, 3]);
+        // Token 0 of a: left neighbour outside (itself, masked), itself, token 1.
+        assert_eq!(&r.ctx_idx[0..3], &[0, 0, 1]);
+        assert_eq!(&r.ctx_mask[0..3], &[0.0, 1.0, 1.0]);
+        // The only token of b sees only itself.
+        assert_eq!(&r.ctx_idx[6..9], &[2, 2, 2]);
+        assert_eq!(&r.ctx_mask[6..9], &[0.0, 1.0, 0.0]);
     }
 
     #[test]

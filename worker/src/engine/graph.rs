@@ -548,6 +548,12 @@ impl Graph {
         self.node("Expand", &[x, s], &[], dtype, shape)
     }
 
+    /// Broadcasts `x` to the runtime shape held in the 1-D i64 value `dims` (declared `shape`).
+    pub fn expand_to(&mut self, x: Value, dims: Value, shape: Shape) -> Value {
+        let dtype = self.dtype(x);
+        self.node("Expand", &[x, dims], &[], dtype, shape)
+    }
+
     /// Zeros shaped (at run time) like `like`.
     pub fn zeros_like(&mut self, like: Value) -> Value {
         let z = self.scalar(self.dtype(like), 0.0);

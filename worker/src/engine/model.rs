@@ -86,30 +86,44 @@ impl Default for AdamW {
     }
 }
 
-/// The inputs every forward pass takes (besides the parameters).
+/// The inputs every forward pass takes besides the parameters and the feature ids. A batch is
+/// ragged, not padded: `N` features of `M` tokens of `B` examples, each listed once.
 struct Batch {
+    /// `[N, 1]` weight of each feature (1/√ features of its token).
     feat_w: Value,
+    /// `[N, 1]` the token each feature belongs to.
+    feat_tok: Value,
+    /// `[M, 1]` pooling weight of each token (1/tokens of its example).
     tok_w: Value,
+    /// `[M, 1]` the example each token belongs to.
+    tok_ex: Value,
+    /// `[M, 2w+1]` the tokens in each token's context window (itself where the window leaves
+    /// the example).
     ctx_idx: Value,
+    /// `[M, 2w+1, 1]` 1 inside the example, 0 outside.
     ctx_mask: Value,
+    /// `[2]` = `[M, D]`, the shape of the token matrix.
+    tok_shape: Value,
+    /// `[2]` = `[B, D]`, the shape of the sentence matrix.
+    sent_shape: Value,
 }
 
 fn batch_inputs(g: &mut Graph, dt: DType, d: &Dims) -> Batch {
-    let (b, t, f) = (Dim::sym("batch"), Dim::sym("tokens"), Dim::sym("features"));
-    let bt = Dim::sym("batch_tokens");
+    let (n, m) = (Dim::sym("features"), Dim::sym("tokens"));
+    let one = Dim::Fixed(1);
     Batch {
-        feat_w: g.input("feat_w", dt, vec![b.clone(), t.clone(), f, Dim::Fixed(1)]),
-        tok_w: g.input("tok_w", dt, vec![b, t, Dim::Fixed(1)]),
+        feat_w: g.input("feat_w", dt, vec![n.clone(), one.clone()]),
+        feat_tok: g.input("feat_tok", DType::I64, vec![n, one.clone()]),
+        tok_w: g.input("tok_w", dt, vec![m.clone(), one.clone()]),
+        tok_ex: g.input("tok_ex", DType::I64, vec![m.clone(), one.clone()]),
         ctx_idx: g.input(
             "ctx_idx",
             DType::I64,
-            vec![bt.clone(), Dim::Fixed(d.context())],
+            vec![m.clone(), Dim::Fixed(d.context())],
         ),
-        ctx_mask: g.input(
-            "ctx_mask",
-            dt,
-            vec![bt, Dim::Fixed(d.context()), Dim::Fixed(1)],
-        ),
+        ctx_mask: g.input("ctx_mask", dt, vec![m, Dim::Fixed(d.context()), one]),
+        tok_shape: g.input("tok_shape", DType::I64, vec![Dim::Fixed(2)]),
+        sent_shape: g.input("sent_shape", DType::I64, vec![Dim::Fixed(2)]),
     }
 }
 
@@ -133,7 +147,7 @@ struct Forward {
     tag_logits: Value,
 }
 
-/// Dropout masks (training only): `[B,T,D]` for token vectors, `[B,H]` and `[BT,H]` for the heads.
+/// Dropout masks (training only): `[M,D]` for token vectors, `[B,H]` and `[M,H]` for the heads.
 struct Dropout {
     tok: Value,
     int: Value,
@@ -149,18 +163,25 @@ fn forward(
     batch: &Batch,
     dropout: Option<&Dropout>,
 ) -> Forward {
+    let dt = g.dtype(embedding);
+    let (m, b) = (Dim::sym("tokens"), Dim::sym("batch"));
+    let zero = g.scalar(dt, 0.0);
+
+    // Token vectors: each token's feature rows, weighted and summed (a scatter-add by token).
     let e = g.gather(embedding, feat_idx);
     let e = g.mul(e, batch.feat_w);
-    let tok = g.reduce_sum(e, &[2], false);
+    let zeros = g.expand_to(zero, batch.tok_shape, vec![m.clone(), Dim::Fixed(d.embed)]);
+    let tok = g.scatter_add_rows(zeros, batch.feat_tok, e);
     let tok = g.add(tok, p.get("b_tok"));
     let mut h = g.relu(tok);
     if let Some(drop) = dropout {
         h = g.mul(h, drop.tok);
     }
 
-    // Intent head: weighted sum over tokens, then an MLP.
+    // Intent head: the mean of an example's token vectors, then an MLP.
     let pooled = g.mul(h, batch.tok_w);
-    let sentence = g.reduce_sum(pooled, &[1], false);
+    let zeros = g.expand_to(zero, batch.sent_shape, vec![b, Dim::Fixed(d.embed)]);
+    let sentence = g.scatter_add_rows(zeros, batch.tok_ex, pooled);
     let z = g.matmul(sentence, p.get("w_int1"));
     let z = g.add(z, p.get("b_int1"));
     let mut z = g.relu(z);
@@ -171,17 +192,12 @@ fn forward(
     let intent_logits = g.add(intent_logits, p.get("b_int2"));
 
     // Entity head: each token with its neighbours, then an MLP over BILOU tags.
-    let flat = g.reshape(
-        h,
-        &[-1, d.embed],
-        vec![Dim::sym("batch_tokens"), Dim::Fixed(d.embed)],
-    );
-    let ctx = g.gather(flat, batch.ctx_idx);
+    let ctx = g.gather(h, batch.ctx_idx);
     let ctx = g.mul(ctx, batch.ctx_mask);
     let ctx = g.reshape(
         ctx,
         &[-1, d.context() * d.embed],
-        vec![Dim::sym("batch_tokens"), Dim::Fixed(d.context() * d.embed)],
+        vec![m, Dim::Fixed(d.context() * d.embed)],
     );
     let y = g.matmul(ctx, p.get("w_ent1"));
     let y = g.add(y, p.get("b_ent1"));
@@ -199,11 +215,11 @@ fn forward(
 
 /// Builds the training-step graph.
 ///
-/// Inputs: `emb_rows`, `emb_rows_m`, `emb_rows_v` (`[U, D]`); `feat_idx` (`[B,T,F]`, indices into
-/// `emb_rows`); `feat_w`, `tok_w`, `ctx_idx`, `ctx_mask` (see [`infer_graph`]); dropout masks
-/// `drop_tok` (`[B,T,D]`), `drop_int` (`[B,H]`), `drop_ent` (`[BT,H]`); targets `intent_target`
-/// (`[B,C]`, one-hot already divided by B) and `tag_target` (`[BT,K]`, one-hot divided by the
-/// batch's real token count, zero rows for padding); for each dense parameter `p` the inputs
+/// Inputs: `emb_rows`, `emb_rows_m`, `emb_rows_v` (`[U, D]`); `feat_idx` (`[N]`, indices into
+/// `emb_rows`); the batch inputs of [`infer_graph`]; dropout masks `drop_tok` (`[M,D]`),
+/// `drop_int` (`[B,H]`), `drop_ent` (`[M,H]`); targets `intent_target` (`[B,C]`, one-hot already
+/// divided by B) and `tag_target` (`[M,K]`, one-hot divided by the batch's token count, times the
+/// entity loss weight); for each dense parameter `p` the inputs
 /// `p`, `p_m`, `p_v`; scalars `lr_t` (the bias-corrected step size) and `lr_wd` (learning rate
 /// times weight decay).
 ///
@@ -212,25 +228,24 @@ fn forward(
 pub fn train_graph(d: &Dims, adam: &AdamW) -> Result<Graph, AutodiffError> {
     let dt = DType::F32;
     let mut g = Graph::new();
-    let (rows, b, t, f, bt) = (
+    let (rows, b, m, n) = (
         Dim::sym("rows"),
         Dim::sym("batch"),
         Dim::sym("tokens"),
         Dim::sym("features"),
-        Dim::sym("batch_tokens"),
     );
     let emb = g.input("emb_rows", dt, vec![rows.clone(), Dim::Fixed(d.embed)]);
     let emb_m = g.input("emb_rows_m", dt, vec![rows.clone(), Dim::Fixed(d.embed)]);
     let emb_v = g.input("emb_rows_v", dt, vec![rows, Dim::Fixed(d.embed)]);
-    let feat_idx = g.input("feat_idx", DType::I64, vec![b.clone(), t.clone(), f]);
+    let feat_idx = g.input("feat_idx", DType::I64, vec![n]);
     let batch = batch_inputs(&mut g, dt, d);
     let dropout = Dropout {
-        tok: g.input("drop_tok", dt, vec![b.clone(), t, Dim::Fixed(d.embed)]),
+        tok: g.input("drop_tok", dt, vec![m.clone(), Dim::Fixed(d.embed)]),
         int: g.input("drop_int", dt, vec![b.clone(), Dim::Fixed(d.hidden)]),
-        ent: g.input("drop_ent", dt, vec![bt.clone(), Dim::Fixed(d.hidden)]),
+        ent: g.input("drop_ent", dt, vec![m.clone(), Dim::Fixed(d.hidden)]),
     };
     let intent_target = g.input("intent_target", dt, vec![b, Dim::Fixed(d.intents)]);
-    let tag_target = g.input("tag_target", dt, vec![bt, Dim::Fixed(d.tags)]);
+    let tag_target = g.input("tag_target", dt, vec![m, Dim::Fixed(d.tags)]);
 
     let mut dense = Vec::new();
     let mut moments = Vec::new();
@@ -326,24 +341,22 @@ pub struct ParamData<'a> {
 
 /// Names of the inference model's outputs.
 pub const INTENT_PROBS: &str = "intent_probs";
-/// Per-token BILOU tag probabilities, `[B·T, K]`.
+/// Per-token BILOU tag probabilities, `[M, K]`.
 pub const TAG_PROBS: &str = "tag_probs";
 
 /// Builds the inference graph with the parameters as initializers.
 ///
-/// Inputs: `feat_ids` (`[B,T,F]` i64 vocabulary ids, 0 = padding), `feat_w` (`[B,T,F,1]`
-/// feature weights, 0 for padding), `tok_w` (`[B,T,1]` token pooling weights: 1/n for an
-/// example's n real tokens, 0 for padding), `ctx_idx` (`[B·T, 2w+1]` row of each context token in
-/// the flattened `[B·T]` token list) and `ctx_mask` (`[B·T, 2w+1, 1]`, 0 where the window leaves
-/// the example). Outputs: [`INTENT_PROBS`] (`[B, C]`) and [`TAG_PROBS`] (`[B·T, K]`).
+/// A batch is ragged: `N` features of `M` tokens of `B` examples. Inputs: `feat_ids` (`[N]`
+/// vocabulary ids), `feat_w` (`[N, 1]`, 1/√(features of the token)), `feat_tok` (`[N, 1]`, the
+/// feature's token), `tok_w` (`[M, 1]`, 1/(tokens of the example)), `tok_ex` (`[M, 1]`, the
+/// token's example), `ctx_idx` (`[M, 2w+1]`, the tokens of each token's context window, itself
+/// outside the example), `ctx_mask` (`[M, 2w+1, 1]`, 0 outside the example), `tok_shape` (`[M,
+/// D]`) and `sent_shape` (`[B, D]`). Outputs: [`INTENT_PROBS`] (`[B, C]`) and [`TAG_PROBS`]
+/// (`[M, K]`).
 pub fn infer_graph(d: &Dims, data: &ParamData<'_>) -> Graph {
     let dt = DType::F32;
     let mut g = Graph::new();
-    let feat_ids = g.input(
-        "feat_ids",
-        DType::I64,
-        vec![Dim::sym("batch"), Dim::sym("tokens"), Dim::sym("features")],
-    );
+    let feat_ids = g.input("feat_ids", DType::I64, vec![Dim::sym("features")]);
     let batch = batch_inputs(&mut g, dt, d);
     let embedding = g.initializer(
         EMBEDDING,

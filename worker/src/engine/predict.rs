@@ -11,7 +11,7 @@ use refit_proto::data::Entity;
 use serde::{Deserialize, Serialize};
 
 use super::EngineError;
-use super::batch::{Encoded, Padded};
+use super::batch::{Encoded, Ragged};
 use super::featurizer::{FeaturizedText, Featurizer};
 use super::model::{Dims, INTENT_PROBS, ParamData, TAG_PROBS, infer_graph};
 use super::onnx::ModelProto;
@@ -25,6 +25,8 @@ pub const META_INTENTS: &str = "refit.intents";
 pub const META_ENTITY_TYPES: &str = "refit.entity_types";
 /// Metadata key: the context window.
 pub const META_WINDOW: &str = "refit.entity_context_window";
+/// Metadata key: the embedding width.
+pub const META_EMBED: &str = "refit.embed_dim";
 
 /// The inference model of `model` as ONNX bytes.
 pub fn export(model: &NluModel) -> Vec<u8> {
@@ -50,6 +52,7 @@ pub fn export(model: &NluModel) -> Vec<u8> {
         serde_json::to_string(&meta.entity_types).expect("strings"),
     );
     proto.set_metadata(META_WINDOW, meta.window.to_string());
+    proto.set_metadata(META_EMBED, meta.embed.to_string());
     proto.to_bytes()
 }
 
@@ -73,6 +76,17 @@ pub struct Parse {
     pub intent_ranking: Vec<IntentScore>,
     /// The entities found (types only; character offsets into `text`).
     pub entities: Vec<Entity>,
+}
+
+/// What the model computes for a batch (see [`Predictor::run`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawOutput {
+    /// `[B, C]` intent probabilities.
+    pub intent_probs: Vec<f32>,
+    /// `[M, K]` tag probabilities.
+    pub tag_probs: Vec<f32>,
+    /// Where each text's tokens start among the `M` (`B + 1` entries).
+    pub offsets: Vec<usize>,
 }
 
 /// Runs an exported model.
@@ -108,9 +122,13 @@ impl Predictor {
             .metadata(META_WINDOW)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| corrupt("no context window in its metadata"))?;
+        let embed: i64 = proto
+            .metadata(META_EMBED)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| corrupt("no embedding width in its metadata"))?;
         let tags = TagSet::new(entity_types.iter().cloned());
         let dims = Dims {
-            embed: 0,
+            embed,
             hidden: 0,
             intents: intents.len() as i64,
             tags: tags.len() as i64,
@@ -136,20 +154,22 @@ impl Predictor {
         &self.intents
     }
 
-    /// The model's raw outputs for a batch of texts: intent probabilities `[B, C]` row-major and
-    /// tag probabilities `[B·T, K]` with `T` the batch's padded token count.
-    pub fn run(
-        &mut self,
-        texts: &[FeaturizedText],
-    ) -> Result<(Vec<f32>, Vec<f32>, usize), EngineError> {
+    /// The model's raw outputs for a batch of texts: intent probabilities `[B, C]` row-major,
+    /// tag probabilities `[M, K]` for the batch's `M` tokens, and where each text's tokens start
+    /// in that list (`B + 1` offsets).
+    pub fn run(&mut self, texts: &[FeaturizedText]) -> Result<RawOutput, EngineError> {
         let encoded: Vec<Encoded> = texts.iter().map(Encoded::from_text).collect();
         let refs: Vec<&Encoded> = encoded.iter().collect();
-        let padded = Padded::new(&refs, self.dims.window, |id| id as i64);
-        let inputs = padded.inputs("feat_ids", &self.dims);
+        let ragged = Ragged::new(&refs, self.dims.window, |id| id as i64);
+        let inputs = ragged.inputs("feat_ids", &self.dims);
         let mut out = run_f32(&mut self.session, &inputs, &[INTENT_PROBS, TAG_PROBS])?;
         let tags = out.pop().expect("requested").1;
         let intents = out.pop().expect("requested").1;
-        Ok((intents, tags, padded.tokens))
+        Ok(RawOutput {
+            intent_probs: intents,
+            tag_probs: tags,
+            offsets: ragged.offsets,
+        })
     }
 
     /// Parses texts (batched, 64 at a time).
@@ -158,7 +178,11 @@ impl Predictor {
         for chunk in texts.chunks(64) {
             let featurized: Vec<FeaturizedText> =
                 chunk.iter().map(|t| self.featurizer.featurize(t)).collect();
-            let (probs, tag_probs, tokens) = self.run(&featurized)?;
+            let RawOutput {
+                intent_probs: probs,
+                tag_probs,
+                offsets,
+            } = self.run(&featurized)?;
             let c = self.intents.len();
             let k = self.tags.len();
             for (i, text) in chunk.iter().enumerate() {
@@ -176,7 +200,8 @@ impl Predictor {
                 let n = featurized[i].tokens.len();
                 let tags: Vec<u32> = (0..n)
                     .map(|t| {
-                        let p = &tag_probs[(i * tokens + t) * k..(i * tokens + t + 1) * k];
+                        let row = offsets[i] + t;
+                        let p = &tag_probs[row * k..(row + 1) * k];
                         argmax(p) as u32
                     })
                     .collect();

@@ -14,7 +14,7 @@ use refit_proto::manifest::LabelSet;
 use serde::{Deserialize, Serialize};
 
 use super::EngineError;
-use super::batch::{Encoded, Padded, clear_slots, dropout_mask, unique_rows};
+use super::batch::{Encoded, Ragged, clear_slots, dropout_mask, unique_rows};
 use super::checkpoint::{Checkpoint, ModelMeta};
 use super::featurizer::{FeatureLimits, Featurizer, Vocabulary};
 use super::model::{AdamW, Dims, train_graph};
@@ -34,6 +34,10 @@ pub struct TrainOptions {
     pub weight_decay: f32,
     /// Dropout rate on token vectors and hidden layers. Default 0.2.
     pub dropout: f32,
+    /// Weight of the entity loss against the intent loss. Default 1.
+    pub entity_loss_weight: f32,
+    /// Share of a token's input features dropped at random in each step. Default 0.2.
+    pub feature_dropout: f32,
     /// Where the graphs run.
     pub runtime: RuntimeOptions,
 }
@@ -45,6 +49,8 @@ impl Default for TrainOptions {
             learning_rate: 0.003,
             weight_decay: 1e-4,
             dropout: 0.2,
+            feature_dropout: 0.2,
+            entity_loss_weight: 1.0,
             runtime: RuntimeOptions::default(),
         }
     }
@@ -334,8 +340,16 @@ impl NluModel {
     ) -> Result<f64, EngineError> {
         let ckpt = &mut self.checkpoint;
         let rows = unique_rows(batch, slot, ckpt.vocab_rows() as usize);
-        let padded = Padded::new(batch, d.window, |id| slot[id as usize] as i64);
+        let mut padded = Ragged::new(batch, d.window, |id| slot[id as usize] as i64);
         clear_slots(&rows, slot);
+        if opts.feature_dropout > 0.0 {
+            let keep = 1.0 - opts.feature_dropout;
+            for w in &mut padded.feat_w {
+                if *w != 0.0 && rng.next_f32() >= keep {
+                    *w = 0.0;
+                }
+            }
+        }
 
         let width = d.embed as usize;
         let gather = |data: &[f32]| -> Vec<f32> {
@@ -346,8 +360,7 @@ impl NluModel {
             out
         };
         let u = rows.len() as i64;
-        let (b, t) = (padded.batch, padded.tokens);
-        let bt = (b * t) as i64;
+        let (b, m) = (padded.batch, padded.tokens);
         let h = d.hidden as usize;
 
         let names: Vec<[String; 3]> = ckpt
@@ -371,8 +384,8 @@ impl NluModel {
         inputs.push((
             "drop_tok",
             HostTensor::f32(
-                &[b as i64, t as i64, d.embed],
-                dropout_mask(rng, b * t * width, opts.dropout),
+                &[m as i64, d.embed],
+                dropout_mask(rng, m * width, opts.dropout),
             ),
         ));
         inputs.push((
@@ -384,7 +397,10 @@ impl NluModel {
         ));
         inputs.push((
             "drop_ent",
-            HostTensor::f32(&[bt, d.hidden], dropout_mask(rng, b * t * h, opts.dropout)),
+            HostTensor::f32(
+                &[m as i64, d.hidden],
+                dropout_mask(rng, m * h, opts.dropout),
+            ),
         ));
 
         let c = d.intents as usize;
@@ -397,14 +413,18 @@ impl NluModel {
             HostTensor::f32(&[b as i64, d.intents], intent_target),
         ));
         let k = d.tags as usize;
-        let real_tokens: usize = padded.lengths.iter().sum::<usize>().max(1);
-        let mut tag_target = vec![0.0f32; b * t * k];
+        let weight = opts.entity_loss_weight / m.max(1) as f32;
+        let mut tag_target = vec![0.0f32; m * k];
         for (i, e) in batch.iter().enumerate() {
-            for (j, &tag) in e.tags.iter().enumerate().take(t) {
-                tag_target[(i * t + j) * k + tag as usize] = 1.0 / real_tokens as f32;
+            let first = padded.offsets[i];
+            for (j, &tag) in e.tags.iter().enumerate().take(e.tokens.len()) {
+                tag_target[(first + j) * k + tag as usize] = weight;
             }
         }
-        inputs.push(("tag_target", HostTensor::f32(&[bt, d.tags], tag_target)));
+        inputs.push((
+            "tag_target",
+            HostTensor::f32(&[m as i64, d.tags], tag_target),
+        ));
 
         for ((_, p), [name, m, v]) in ckpt.dense.iter().zip(&names) {
             inputs.push((name, HostTensor::f32(&p.value.dims, p.value.data.clone())));
