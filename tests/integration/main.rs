@@ -7,3 +7,4 @@
 mod common;
 mod queue;
 mod storage;
+mod worker;

@@ -14,7 +14,10 @@
 //! coordinator already depends on this crate (for `refit predict` and `refit demo`); one crate
 //! fewer keeps the workspace to the five top-level folders of DESIGN §1.
 
+pub mod config;
 pub mod engine;
 pub mod queue;
+pub mod runner;
 pub mod storage;
+pub mod telemetry;
 pub mod version;

@@ -1,0 +1,851 @@
+//! End-to-end tests of `refit-worker`, run as a real process against the real RabbitMQ and the
+//! real S3 server (found as in `queue` and `storage`: `REFIT_TEST_AMQP_URL`, `REFIT_TEST_S3_*`,
+//! `REFIT_S3_*`, then the local Garage's `credentials.env`).
+//!
+//! The binary is built once per test run with `cargo build -p refit-worker --bin refit-worker`
+//! (cargo does not build another package's binaries for a test) and found next to this test's
+//! own executable's folder. Each test has its own queue prefix and model name; the worker is
+//! configured through `REFIT__…` environment variables only. Data is a slice of
+//! `examples/data/financial-demo/set1.yml` uploaded as JSONL, and epochs are few, so a job takes
+//! seconds.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use bytes::Bytes;
+use chrono::Utc;
+use lapin::BasicProperties;
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+};
+use refit_proto::data::{Example, load_file};
+use refit_proto::{
+    Budget, Control, DatasetRef, Event, EventKind, Hyperparams, JobId, JobSpec, Mode, ModelName,
+    Version, keys,
+};
+use refit_worker::queue::{Broker, Consumer, Publisher, QueueConfig};
+use refit_worker::storage::{ObjectStore, S3Config, S3Store, sha256_hex};
+use refit_worker::version::{list_versions, read_manifest};
+
+use crate::common::{env_or, unique};
+
+const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// A guard against hangs, not a speed target.
+const WAIT: Duration = Duration::from_secs(120);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds the worker binary once and returns its path.
+fn worker_binary() -> Result<PathBuf> {
+    static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "refit-worker", "--bin", "refit-worker"])
+                .current_dir(repo())
+                .status()
+                .map_err(|e| format!("cannot run cargo build: {e}"))?;
+            if !status.success() {
+                return Err(format!("cargo build -p refit-worker failed: {status}"));
+            }
+            // <target>/debug/deps/integration-… → <target>/debug/refit-worker
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let path = exe
+                .parent()
+                .and_then(Path::parent)
+                .map(|dir| dir.join("refit-worker"))
+                .ok_or("cannot locate the target folder")?;
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(format!("{} was not built", path.display()))
+            }
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+/// `NAME=value` lines of the local Garage's `credentials.env`.
+fn garage_env() -> HashMap<String, String> {
+    let dir = std::env::var_os("REFIT_GARAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".refit-local/garage"));
+    let Ok(text) = std::fs::read_to_string(dir.join("credentials.env")) else {
+        return HashMap::new();
+    };
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter_map(|line| {
+            let line = line.strip_prefix("export ").unwrap_or(line);
+            let (name, value) = line.split_once('=')?;
+            let value = value.trim().trim_matches('"').trim_matches('\'');
+            Some((name.trim().to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+fn s3_config() -> Result<S3Config> {
+    let file = garage_env();
+    let get = |name: &str, default: &str| {
+        let from_file = file
+            .get(&format!("REFIT_S3_{name}"))
+            .cloned()
+            .unwrap_or_else(|| default.to_owned());
+        env_or(
+            &format!("REFIT_TEST_S3_{name}"),
+            &env_or(&format!("REFIT_S3_{name}"), &from_file),
+        )
+    };
+    let (id, secret) = (get("ACCESS_KEY_ID", ""), get("SECRET_ACCESS_KEY", ""));
+    if id.is_empty() || secret.is_empty() {
+        bail!(
+            "no S3 credentials: run deploy/s3-server.sh, or set REFIT_TEST_S3_ACCESS_KEY_ID and \
+             REFIT_TEST_S3_SECRET_ACCESS_KEY"
+        );
+    }
+    let mut config = S3Config::for_test(&get("ENDPOINT", "http://127.0.0.1:3900"), &id, &secret);
+    config.region = get("REGION", "garage");
+    config.bucket = get("BUCKET", "refit");
+    Ok(config)
+}
+
+/// One test's world: its queue prefix, broker handles, store, event log and model name.
+struct Cluster {
+    prefix: String,
+    amqp_url: String,
+    s3: S3Config,
+    store: S3Store,
+    broker: Broker,
+    publisher: Publisher,
+    events: Arc<Mutex<Vec<Event>>>,
+    model: ModelName,
+    log_dir: tempfile::TempDir,
+    workers: usize,
+}
+
+impl Cluster {
+    async fn start(name: &str) -> Result<Self> {
+        let prefix = unique(&format!("w{name}"));
+        let amqp_url = env_or("REFIT_TEST_AMQP_URL", DEFAULT_AMQP_URL);
+        let config = QueueConfig::for_test(&amqp_url, &prefix);
+        let broker = Broker::connect(&config)
+            .await
+            .map_err(|e| anyhow!("{e} (tests use REFIT_TEST_AMQP_URL)"))?;
+        let channel = broker.channel().await?;
+        broker.topology().declare(&channel).await?;
+        broker.topology().declare_coordinator(&channel).await?;
+        let publisher = Publisher::new(&broker).await?;
+        let s3 = s3_config()?;
+        let store = S3Store::new(s3.clone())?;
+        store
+            .check_bucket()
+            .await
+            .context("S3 server not reachable: run deploy/s3-server.sh")?;
+
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let mut consumer = Consumer::events(&broker, 64).await?;
+        let sink = events.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                if let Ok(event) = delivery.decode::<Event>() {
+                    sink.lock().unwrap().push(event);
+                }
+                let _ = delivery.ack().await;
+            }
+        });
+        let model = ModelName::new(unique("m").replace('_', "-"))?;
+        Ok(Self {
+            prefix,
+            amqp_url,
+            s3,
+            store,
+            broker,
+            publisher,
+            events,
+            model,
+            log_dir: tempfile::tempdir()?,
+            workers: 0,
+        })
+    }
+
+    /// Starts a worker process with this test's settings plus `extra` env.
+    fn worker(&mut self, extra: &[(&str, &str)]) -> Result<Worker> {
+        let binary = worker_binary()?;
+        self.workers += 1;
+        let log = self
+            .log_dir
+            .path()
+            .join(format!("worker-{}.log", self.workers));
+        let file = std::fs::File::create(&log)?;
+        let mut command = Command::new(binary);
+        command
+            .env("REFIT__QUEUE__URL", &self.amqp_url)
+            .env("REFIT__QUEUE__PREFIX", &self.prefix)
+            .env("REFIT__QUEUE__RECONNECT_MAX_MS", "1000")
+            .env(
+                "REFIT__S3__ENDPOINT",
+                self.s3.endpoint.clone().unwrap_or_default(),
+            )
+            .env("REFIT__S3__REGION", &self.s3.region)
+            .env("REFIT__S3__BUCKET", &self.s3.bucket)
+            .env(
+                "REFIT__S3__ACCESS_KEY_ID",
+                self.s3.access_key_id.clone().unwrap_or_default(),
+            )
+            .env(
+                "REFIT__S3__SECRET_ACCESS_KEY",
+                self.s3
+                    .secret_access_key
+                    .as_ref()
+                    .map(|s| s.expose().to_owned())
+                    .unwrap_or_default(),
+            )
+            .env("REFIT__WORKER__HEARTBEAT_SECS", "1")
+            .env("REFIT__WORKER__RETRY_INITIAL_MS", "100")
+            .env("REFIT__WORKER__RETRY_MAX_MS", "1000")
+            .env("REFIT__WORKER__INTRA_THREADS", "1")
+            .env("RUST_LOG", "info,lapin=warn,aws=warn,ort=warn")
+            .current_dir(repo())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let child = command.spawn().context("cannot start refit-worker")?;
+        Ok(Worker {
+            child: Some(child),
+            log,
+        })
+    }
+
+    /// Uploads examples as a JSONL dataset; returns its reference.
+    async fn dataset(&self, examples: &[Example]) -> Result<DatasetRef> {
+        let mut bytes = Vec::new();
+        for example in examples {
+            serde_json::to_writer(&mut bytes, example)?;
+            bytes.push(b'\n');
+        }
+        self.raw_dataset(bytes, "jsonl").await
+    }
+
+    async fn raw_dataset(&self, bytes: Vec<u8>, ext: &str) -> Result<DatasetRef> {
+        let sha256 = sha256_hex(&bytes);
+        let key = keys::dataset(&sha256, ext)?;
+        self.store.put(&key, Bytes::from(bytes)).await?;
+        Ok(DatasetRef { key, sha256 })
+    }
+
+    fn job(&self, version: u32, base: Option<u32>, data: DatasetRef, budget: Budget) -> JobSpec {
+        JobSpec {
+            id: JobId::new(),
+            model: self.model.clone(),
+            mode: if base.is_some() {
+                Mode::Finetune
+            } else {
+                Mode::Scratch
+            },
+            base_version: base.map(|v| Version::new(v).unwrap()),
+            output_version: Version::new(version).unwrap(),
+            dataset: data,
+            eval_dataset: None,
+            hyperparams: Hyperparams {
+                budget,
+                batch_size: 32,
+                learning_rate: 3e-3,
+                seed: 7,
+            },
+            priority: 0,
+            submitted_at: Utc::now(),
+            deadline: None,
+        }
+    }
+
+    fn events_of(&self, job: JobId) -> Vec<Event> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.job_id == job)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until the job has an event that `pred` accepts; returns the job's events.
+    async fn wait_event(
+        &self,
+        job: JobId,
+        what: &str,
+        pred: impl Fn(&EventKind) -> bool,
+    ) -> Result<Vec<Event>> {
+        let start = Instant::now();
+        loop {
+            let events = self.events_of(job);
+            if events.iter().any(|e| pred(&e.kind)) {
+                return Ok(events);
+            }
+            if start.elapsed() > WAIT {
+                bail!(
+                    "no {what} event for job {job} within {WAIT:?}; events: {:?}",
+                    names(&events)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_final(&self, job: JobId) -> Result<Vec<Event>> {
+        self.wait_event(job, "final", |k| {
+            matches!(
+                k,
+                EventKind::Succeeded { .. } | EventKind::Failed { .. } | EventKind::Cancelled
+            )
+        })
+        .await
+    }
+
+    /// Every message in the dead-letter queue (taken off it).
+    async fn dead_letters(&self) -> Result<Vec<lapin::message::BasicGetMessage>> {
+        let channel = self.broker.channel().await?;
+        let queue = self.broker.topology().dead_letter_queue();
+        let mut out = Vec::new();
+        while let Some(message) = channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await?
+        {
+            out.push(message);
+        }
+        Ok(out)
+    }
+
+    /// Publishes raw bytes to the job queue with a message id.
+    async fn publish_raw(&self, body: &[u8], message_id: Option<&str>) -> Result<()> {
+        let channel = self.broker.channel().await?;
+        let mut properties = BasicProperties::default().with_delivery_mode(2);
+        if let Some(id) = message_id {
+            properties = properties.with_message_id(id.into());
+        }
+        let topology = self.broker.topology();
+        channel
+            .basic_publish(
+                topology.jobs_exchange().as_str().into(),
+                topology.pool().into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await?
+            .await?;
+        Ok(())
+    }
+
+    async fn versions(&self) -> Result<Vec<Version>> {
+        Ok(list_versions(&self.store, &self.model).await?)
+    }
+
+    async fn cleanup(self) {
+        let _ = async {
+            for meta in self.store.list(&keys::model_prefix(&self.model)).await? {
+                self.store.delete(&meta.key).await?;
+            }
+            let channel = self.broker.channel().await?;
+            let t = self.broker.topology();
+            for q in [
+                t.job_queue(),
+                t.dead_letter_queue(),
+                t.coordinator_events_queue(),
+            ] {
+                let _ = channel
+                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            for x in [
+                t.jobs_exchange(),
+                t.dead_letter_exchange(),
+                t.events_exchange(),
+                t.control_exchange(),
+            ] {
+                let _ = channel
+                    .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                    .await;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        self.broker.close().await;
+    }
+}
+
+/// A worker process; killed (SIGKILL) on drop if still running.
+struct Worker {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, name: &str) -> Result<()> {
+        let pid = self.child.as_ref().context("no process")?.id();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -{name} {pid} failed");
+        Ok(())
+    }
+
+    fn kill9(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("no process")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Waits for the process to exit; its exit code.
+    async fn wait_exit(&mut self, within: Duration) -> Result<Option<i32>> {
+        let start = Instant::now();
+        loop {
+            let child = self.child.as_mut().context("no process")?;
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status.code());
+            }
+            if start.elapsed() > within {
+                bail!(
+                    "worker did not exit within {within:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn names(events: &[Event]) -> Vec<&'static str> {
+    events.iter().map(|e| e.kind.name()).collect()
+}
+
+/// The first `per_intent` examples of each intent of set1.yml (all intents, so fine-tunes on
+/// larger slices keep the label set).
+fn examples(per_intent: usize) -> Result<Vec<Example>> {
+    let data = load_file(&repo().join("examples/data/financial-demo/set1.yml"))?;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut out = Vec::new();
+    for example in data.examples {
+        let n = counts.entry(example.intent.clone()).or_default();
+        if *n < per_intent {
+            *n += 1;
+            out.push(example);
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that a stored version is complete and returns its manifest.
+async fn check_version(cluster: &Cluster, version: u32) -> Result<refit_proto::Manifest> {
+    let version = Version::new(version)?;
+    let manifest = read_manifest(&cluster.store, &cluster.model, version).await?;
+    for file in [keys::CHECKPOINT, keys::MODEL_ONNX, keys::VOCAB] {
+        let entry = manifest
+            .files
+            .get(file)
+            .with_context(|| format!("{version}: no {file} in the manifest"))?;
+        let key = keys::version_file(&cluster.model, version, file)?;
+        cluster.store.get_verified(&key, &entry.sha256).await?;
+    }
+    Ok(manifest)
+}
+
+/// Asserts started → progress… → succeeded, in that order, once each for started/succeeded.
+fn check_order(events: &[Event]) -> Result<()> {
+    let kinds = names(events);
+    let started = kinds.iter().filter(|k| **k == "started").count();
+    let succeeded = kinds.iter().filter(|k| **k == "succeeded").count();
+    ensure!(started == 1 && succeeded == 1, "events: {kinds:?}");
+    let first_started = kinds.iter().position(|k| *k == "started").unwrap();
+    let first_progress = kinds
+        .iter()
+        .position(|k| *k == "progress")
+        .context(format!("no progress: {kinds:?}"))?;
+    let last = kinds.iter().rposition(|k| *k != "heartbeat").unwrap();
+    ensure!(
+        first_started < first_progress && kinds[last] == "succeeded",
+        "events out of order: {kinds:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_trains_scratch_then_finetune_and_skips_a_duplicate() -> Result<()> {
+    let mut cluster = Cluster::start("happy").await?;
+    let worker = cluster.worker(&[])?;
+    let base_data = cluster.dataset(&examples(4)?).await?;
+    let more_data = cluster.dataset(&examples(8)?).await?;
+
+    let scratch = cluster.job(1, None, base_data, Budget::Epochs(3));
+    cluster.publisher.publish_job(&scratch).await?;
+    let events = cluster.wait_final(scratch.id).await?;
+    let result = (|| {
+        check_order(&events)?;
+        ensure!(
+            matches!(&events.last().unwrap().kind, EventKind::Succeeded { version, .. } if version.get() == 1)
+                || events.iter().any(|e| matches!(&e.kind, EventKind::Succeeded { version, .. } if version.get() == 1)),
+            "no succeeded for v1: {:?}",
+            names(&events)
+        );
+        Ok(())
+    })();
+    result.with_context(|| format!("worker log:\n{}", worker.log()))?;
+    let v1 = check_version(&cluster, 1).await?;
+    ensure!(v1.mode == Mode::Scratch && v1.epochs == 3.0, "{v1:?}");
+
+    let finetune = cluster.job(2, Some(1), more_data, Budget::EpochFraction(0.5));
+    cluster.publisher.publish_job(&finetune).await?;
+    let events = cluster.wait_final(finetune.id).await?;
+    check_order(&events).with_context(|| format!("worker log:\n{}", worker.log()))?;
+    let v2 = check_version(&cluster, 2).await?;
+    ensure!(
+        v2.mode == Mode::Finetune && v2.parent == Some(Version::first()) && v2.epochs == 2.0,
+        "{v2:?}"
+    );
+    ensure!(
+        cluster.versions().await? == vec![Version::first(), Version::new(2)?],
+        "exactly one version per job"
+    );
+
+    // The same message again: no training, `succeeded` again, still one version.
+    cluster.publisher.publish_job(&finetune).await?;
+    let start = Instant::now();
+    loop {
+        let events = cluster.events_of(finetune.id);
+        let kinds = names(&events);
+        if kinds.iter().filter(|k| **k == "succeeded").count() == 2 {
+            ensure!(
+                kinds.iter().filter(|k| **k == "started").count() == 1,
+                "the duplicate was trained again: {kinds:?}"
+            );
+            break;
+        }
+        ensure!(start.elapsed() < WAIT, "no second succeeded: {kinds:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(cluster.versions().await?.len() == 2);
+    drop(worker);
+    cluster.cleanup().await;
+    Ok(())
+}
+
+fn failed_reason(events: &[Event]) -> Option<(String, refit_proto::ErrorKind)> {
+    events.iter().find_map(|e| match &e.kind {
+        EventKind::Failed { error, error_kind } => Some((error.clone(), *error_kind)),
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_dead_letters_bad_jobs_and_goes_on() -> Result<()> {
+    let mut cluster = Cluster::start("bad").await?;
+    let worker = cluster.worker(&[])?;
+    let data = cluster.dataset(&examples(3)?).await?;
+    let log = |w: &Worker| format!("worker log:\n{}", w.log());
+
+    // A good v1 to fine-tune from.
+    let v1 = cluster.job(1, None, data.clone(), Budget::Epochs(1));
+    cluster.publisher.publish_job(&v1).await?;
+    let events = cluster.wait_final(v1.id).await?;
+    check_order(&events).with_context(|| log(&worker))?;
+
+    // Garbage bytes, no message id: only the dead-letter queue sees it.
+    cluster.publish_raw(b"\x00not msgpack at all", None).await?;
+
+    // An unknown schema version, with the job id as message id.
+    let future = cluster.job(2, None, data.clone(), Budget::Epochs(1));
+    let mut bytes = refit_proto::encode(&future);
+    ensure!(
+        bytes[..4] == [0x83, 0xa1, b'v', 0x01],
+        "envelope layout changed"
+    );
+    bytes[3] = 99;
+    cluster
+        .publish_raw(&bytes, Some(&future.id.to_string()))
+        .await?;
+    let events = cluster
+        .wait_final(future.id)
+        .await
+        .with_context(|| log(&worker))?;
+    let (reason, kind) = failed_reason(&events).context("no failed event")?;
+    ensure!(
+        kind == refit_proto::ErrorKind::Permanent && reason.contains("schema version 99"),
+        "{reason}"
+    );
+
+    // A dataset with a label v1 does not have.
+    let mut extra = examples(3)?;
+    extra.push(Example {
+        text: "play some jazz please".into(),
+        intent: "play_music".into(),
+        entities: vec![],
+    });
+    let new_label = cluster.dataset(&extra).await?;
+    let job = cluster.job(3, Some(1), new_label, Budget::Epochs(1));
+    cluster.publisher.publish_job(&job).await?;
+    let events = cluster.wait_final(job.id).await?;
+    let (reason, kind) = failed_reason(&events).context("no failed event")?;
+    ensure!(
+        kind == refit_proto::ErrorKind::Permanent && reason.contains("play_music"),
+        "{reason}"
+    );
+
+    // Bad data: not parseable.
+    let broken = cluster
+        .raw_dataset(b"{\"text\": \"unterminated\n".to_vec(), "jsonl")
+        .await?;
+    let job = cluster.job(3, None, broken, Budget::Epochs(1));
+    cluster.publisher.publish_job(&job).await?;
+    let events = cluster.wait_final(job.id).await?;
+    let (reason, _) = failed_reason(&events).context("no failed event")?;
+    ensure!(reason.contains("bad dataset"), "{reason}");
+
+    // A corrupt base checkpoint.
+    let key = keys::version_file(&cluster.model, Version::first(), keys::CHECKPOINT)?;
+    cluster
+        .store
+        .put(&key, Bytes::from_static(b"corrupted checkpoint"))
+        .await?;
+    let job = cluster.job(3, Some(1), data.clone(), Budget::Epochs(1));
+    cluster.publisher.publish_job(&job).await?;
+    let events = cluster.wait_final(job.id).await?;
+    let (reason, kind) = failed_reason(&events).context("no failed event")?;
+    ensure!(
+        kind == refit_proto::ErrorKind::Permanent && reason.contains("checkpoint"),
+        "{reason}"
+    );
+
+    // The worker goes on: a good job after all that.
+    let good = cluster.job(4, None, data, Budget::Epochs(1));
+    cluster.publisher.publish_job(&good).await?;
+    let events = cluster.wait_final(good.id).await?;
+    check_order(&events).with_context(|| log(&worker))?;
+    check_version(&cluster, 4).await?;
+
+    // Garbage, unknown version, new label, bad data, corrupt checkpoint: five dead letters.
+    let start = Instant::now();
+    let mut dead = Vec::new();
+    while dead.len() < 5 && start.elapsed() < Duration::from_secs(20) {
+        dead.extend(cluster.dead_letters().await?);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(dead.len() == 5, "{} dead letters", dead.len());
+    ensure!(
+        dead.iter()
+            .any(|m| m.delivery.data.starts_with(b"\x00not msgpack"))
+    );
+    drop(worker);
+    cluster.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_cancels_a_running_job() -> Result<()> {
+    let mut cluster = Cluster::start("cancel").await?;
+    let worker = cluster.worker(&[])?;
+    let data = cluster.dataset(&examples(8)?).await?;
+    let job = cluster.job(1, None, data, Budget::Epochs(100_000));
+    cluster.publisher.publish_job(&job).await?;
+    cluster
+        .wait_event(job.id, "progress", |k| {
+            matches!(k, EventKind::Progress { .. })
+        })
+        .await
+        .with_context(|| worker.log())?;
+    cluster
+        .publisher
+        .publish_control(&Control::Cancel { job_id: job.id })
+        .await?;
+    let events = cluster
+        .wait_final(job.id)
+        .await
+        .with_context(|| worker.log())?;
+    ensure!(
+        matches!(
+            events
+                .iter()
+                .rev()
+                .find(|e| !matches!(e.kind, EventKind::Heartbeat { .. }))
+                .map(|e| &e.kind),
+            Some(EventKind::Cancelled)
+        ),
+        "{:?}",
+        names(&events)
+    );
+    ensure!(cluster.versions().await?.is_empty());
+    // Acked, not requeued or dead-lettered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ensure!(cluster.dead_letters().await?.is_empty());
+    ensure!(
+        names(&cluster.events_of(job.id))
+            .iter()
+            .filter(|k| **k == "started")
+            .count()
+            == 1
+    );
+    drop(worker);
+    cluster.cleanup().await;
+    Ok(())
+}
+
+/// Long enough to interrupt: many epochs, a resume checkpoint every epoch.
+const RESUME_ENV: &[(&str, &str)] = &[("REFIT__WORKER__RESUME_EVERY_EPOCHS", "1")];
+
+fn started_from(events: &[Event]) -> Vec<Option<f64>> {
+    events
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Started {
+                resumed_from_epoch, ..
+            } => Some(resumed_from_epoch),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_sigterm_checkpoints_requeues_and_the_next_worker_resumes() -> Result<()> {
+    let mut cluster = Cluster::start("term").await?;
+    let mut first = cluster.worker(RESUME_ENV)?;
+    let data = cluster.dataset(&examples(8)?).await?;
+    let job = cluster.job(1, None, data, Budget::Epochs(40));
+    cluster.publisher.publish_job(&job).await?;
+    cluster
+        .wait_event(
+            job.id,
+            "checkpointed",
+            |k| matches!(k, EventKind::Checkpointed { epoch, .. } if *epoch >= 2.0),
+        )
+        .await
+        .with_context(|| first.log())?;
+    first.signal("TERM")?;
+    let code = first.wait_exit(Duration::from_secs(60)).await?;
+    ensure!(code == Some(0), "exit code {code:?}; log:\n{}", first.log());
+    ensure!(
+        cluster
+            .events_of(job.id)
+            .iter()
+            .all(|e| !matches!(e.kind, EventKind::Succeeded { .. })),
+        "finished before SIGTERM: make the job longer"
+    );
+
+    let second = cluster.worker(RESUME_ENV)?;
+    let events = cluster
+        .wait_final(job.id)
+        .await
+        .with_context(|| second.log())?;
+    let starts = started_from(&events);
+    ensure!(
+        starts.len() == 2 && starts[0].is_none() && starts[1].is_some_and(|e| e > 0.0),
+        "started events: {starts:?}; log:\n{}",
+        second.log()
+    );
+    ensure!(
+        events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Succeeded { .. }))
+    );
+    check_version(&cluster, 1).await?;
+    ensure!(cluster.versions().await?.len() == 1);
+    // The resume checkpoint is gone after success.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ensure!(
+        cluster
+            .store
+            .list(&keys::resume_prefix(job.id))
+            .await?
+            .is_empty()
+    );
+    drop(second);
+    cluster.cleanup().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_mid_training_is_resumed_by_the_next() -> Result<()> {
+    let mut cluster = Cluster::start("kill").await?;
+    let data = cluster.dataset(&examples(8)?).await?;
+    let job = cluster.job(1, None, data, Budget::Epochs(40));
+    cluster.publisher.publish_job(&job).await?;
+    let mut workers = Vec::new();
+    // Kill at a few points: after the 2nd, then a later checkpoint of each new worker.
+    for round in 0..2u32 {
+        let mut worker = cluster.worker(RESUME_ENV)?;
+        let seen = cluster
+            .events_of(job.id)
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Checkpointed { .. }))
+            .count();
+        let start = Instant::now();
+        loop {
+            let count = cluster
+                .events_of(job.id)
+                .iter()
+                .filter(|e| matches!(e.kind, EventKind::Checkpointed { .. }))
+                .count();
+            if count >= seen + 2 {
+                break;
+            }
+            ensure!(
+                start.elapsed() < WAIT,
+                "round {round}: no checkpoints; log:\n{}",
+                worker.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        worker.kill9()?;
+        workers.push(worker);
+    }
+    let last = cluster.worker(RESUME_ENV)?;
+    let events = cluster
+        .wait_final(job.id)
+        .await
+        .with_context(|| last.log())?;
+    let starts = started_from(&events);
+    ensure!(
+        starts.len() == 3
+            && starts[0].is_none()
+            && starts[1..].iter().all(|s| s.is_some_and(|e| e > 0.0)),
+        "started events: {starts:?}"
+    );
+    ensure!(
+        events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Succeeded { .. }))
+            .count()
+            == 1,
+        "{:?}",
+        names(&events)
+    );
+    check_version(&cluster, 1).await?;
+    ensure!(cluster.versions().await?.len() == 1);
+    drop(last);
+    cluster.cleanup().await;
+    Ok(())
+}

@@ -1,0 +1,353 @@
+//! [`WorkerConfig`]: the `refit-worker` service's settings, loaded in layers with the `config`
+//! crate: built-in defaults, then the `--config` TOML file, then `REFIT__<SECTION>__<KEY>`
+//! environment variables (e.g. `REFIT__S3__SECRET_ACCESS_KEY`, `REFIT__QUEUE__PREFIX`,
+//! `REFIT__WORKER__RESUME_EVERY_EPOCHS`), then [`WorkerConfig::validate`].
+//!
+//! ```toml
+//! [queue]            # refit_worker::queue::QueueConfig
+//! url = "amqp://refit@rabbitmq:5672/%2f"
+//! password_file = "/run/secrets/amqp-password"
+//! pool = "gpu"
+//!
+//! [s3]               # refit_worker::storage::S3Config
+//! endpoint = "http://garage:3900"
+//! region = "garage"
+//! access_key_id = "GK…"
+//! secret_access_key_file = "/run/secrets/s3-secret"
+//!
+//! [worker]           # WorkerSettings
+//! device = "auto"
+//! resume_every_epochs = 10
+//! ```
+//!
+//! Secrets (the AMQP password, the S3 secret key) come from the environment or `*_file` paths and
+//! never reach a log: `Debug` of every section redacts them.
+
+use std::path::Path;
+use std::time::Duration;
+
+use refit_proto::WorkerId;
+use serde::Deserialize;
+
+use crate::engine::runtime::{Device, RuntimeOptions};
+use crate::queue::QueueConfig;
+use crate::storage::S3Config;
+
+/// Why a config cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A layer could not be read or does not fit the schema (unknown keys included).
+    #[error("failed to load the worker config: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value is out of range.
+    #[error("invalid worker config: {field}: {reason}")]
+    Invalid {
+        /// The field, e.g. `worker.device`.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Everything `refit-worker` needs. Every field has a default, so an empty file is a working
+/// local setup (local RabbitMQ; S3 needs at least credentials).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// The broker and the pool to consume (see [`QueueConfig`]). `queue.prefetch` is overridden
+    /// by `worker.concurrency`.
+    pub queue: QueueConfig,
+    /// The object store holding datasets, models and resume checkpoints (see [`S3Config`]).
+    pub s3: S3Config,
+    /// How this worker runs jobs.
+    pub worker: WorkerSettings,
+}
+
+/// Where training runs: `cpu`, `cuda` (an error unless built with the `cuda` feature), or `auto`
+/// (CUDA when built with it and a GPU is visible, else the CPU, with a log line).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// ONNX Runtime's CPU execution provider.
+    #[default]
+    Cpu,
+    /// The CUDA execution provider on `cuda_device`.
+    Cuda,
+    /// CUDA if possible, else the CPU.
+    Auto,
+}
+
+/// The `[worker]` section.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// This worker's id in events. Default `<hostname>-<pid>`.
+    pub id: Option<String>,
+    /// Jobs run at once; also the prefetch count. Default 1.
+    pub concurrency: u16,
+    /// `cpu`, `cuda` or `auto`. Default `cpu`.
+    pub device: DeviceChoice,
+    /// The CUDA device ordinal for `cuda`/`auto`. Default 0.
+    pub cuda_device: u32,
+    /// ONNX Runtime intra-op threads per job; 0 lets ONNX Runtime choose. Default: the number of
+    /// CPUs divided by `concurrency`.
+    pub intra_threads: Option<usize>,
+    /// Write a resume checkpoint every this many epochs (0: never by epoch count). Default 10.
+    pub resume_every_epochs: u32,
+    /// Also write one when this many seconds passed since the last (checked at epoch ends; 0:
+    /// never by time). Default 300.
+    pub resume_every_secs: u64,
+    /// Seconds between heartbeat events while a job runs. Default 5.
+    pub heartbeat_secs: u64,
+    /// Tries of one S3 or broker operation that fails transiently before the job is handed back
+    /// to the queue (nack with requeue). Default 6.
+    pub retry_attempts: u32,
+    /// The first retry delay in milliseconds; it doubles per try, with jitter. Default 500.
+    pub retry_initial_ms: u64,
+    /// The longest retry delay in milliseconds. Default 10 000.
+    pub retry_max_ms: u64,
+    /// After SIGTERM/SIGINT, how long running jobs get to stop at their next step, write a resume
+    /// checkpoint and hand their delivery back, in seconds. Default 30.
+    pub shutdown_deadline_secs: u64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            id: None,
+            concurrency: 1,
+            device: DeviceChoice::Cpu,
+            cuda_device: 0,
+            intra_threads: None,
+            resume_every_epochs: 10,
+            resume_every_secs: 300,
+            heartbeat_secs: 5,
+            retry_attempts: 6,
+            retry_initial_ms: 500,
+            retry_max_ms: 10_000,
+            shutdown_deadline_secs: 30,
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Loads defaults → `file` (TOML, if given) → `REFIT__…` environment, and validates.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let env = config::Environment::with_prefix("REFIT")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true);
+        Self::load_from(file, env)
+    }
+
+    fn load_from(file: Option<&Path>, env: config::Environment) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let mut config: WorkerConfig = builder.add_source(env).build()?.try_deserialize()?;
+        config.queue.prefetch = config.worker.concurrency;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| ConfigError::Invalid {
+            field,
+            reason: reason.to_owned(),
+        };
+        let w = &self.worker;
+        if w.concurrency == 0 {
+            return Err(invalid("worker.concurrency", "must be at least 1"));
+        }
+        if w.heartbeat_secs == 0 {
+            return Err(invalid("worker.heartbeat_secs", "must be at least 1"));
+        }
+        if w.retry_attempts == 0 {
+            return Err(invalid("worker.retry_attempts", "must be at least 1"));
+        }
+        if w.retry_initial_ms == 0 || w.retry_max_ms < w.retry_initial_ms {
+            return Err(invalid(
+                "worker.retry_initial_ms",
+                "must be above 0 and at most worker.retry_max_ms",
+            ));
+        }
+        if let Some(id) = &w.id {
+            WorkerId::new(id.clone()).map_err(|e| ConfigError::Invalid {
+                field: "worker.id",
+                reason: e.to_string(),
+            })?;
+        }
+        if w.device == DeviceChoice::Cuda && !cfg!(feature = "cuda") {
+            return Err(invalid(
+                "worker.device",
+                "`cuda` needs refit-worker built with its `cuda` feature \
+                 (cargo build --features cuda); use `cpu` or `auto`",
+            ));
+        }
+        self.queue.validate().map_err(|e| ConfigError::Invalid {
+            field: "queue",
+            reason: e.to_string(),
+        })?;
+        self.s3.validate().map_err(|e| ConfigError::Invalid {
+            field: "s3",
+            reason: e.to_string(),
+        })?;
+        Ok(())
+    }
+
+    /// This worker's id: `worker.id`, else `<hostname>-<pid>`.
+    pub fn worker_id(&self) -> WorkerId {
+        if let Some(id) = &self.worker.id
+            && let Ok(id) = WorkerId::new(id.clone())
+        {
+            return id;
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "worker".to_owned());
+        let clean: String = host
+            .chars()
+            .filter(|c| c.is_ascii_graphic() && *c != '/')
+            .take(100)
+            .collect();
+        WorkerId::new(format!("{clean}-{}", std::process::id()))
+            .expect("a printable name without '/' or spaces is a valid worker id")
+    }
+
+    /// How training sessions are created, resolving `auto` (logged).
+    pub fn runtime_options(&self) -> RuntimeOptions {
+        let w = &self.worker;
+        let device = match w.device {
+            DeviceChoice::Cpu => Device::Cpu,
+            DeviceChoice::Cuda => Device::Cuda(w.cuda_device),
+            DeviceChoice::Auto => {
+                let gpu_visible = Path::new("/dev/nvidiactl").exists();
+                if cfg!(feature = "cuda") && gpu_visible {
+                    tracing::info!(device = w.cuda_device, "device auto: using cuda");
+                    Device::Cuda(w.cuda_device)
+                } else {
+                    tracing::info!(
+                        cuda_feature = cfg!(feature = "cuda"),
+                        gpu_visible,
+                        "device auto: using the cpu"
+                    );
+                    Device::Cpu
+                }
+            }
+        };
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        RuntimeOptions {
+            device,
+            intra_threads: w
+                .intra_threads
+                .unwrap_or_else(|| (cpus / usize::from(w.concurrency.max(1))).max(1)),
+            ..RuntimeOptions::default()
+        }
+    }
+
+    /// The retry policy for transient S3 and broker failures.
+    pub fn retry_delays(&self) -> (u32, Duration, Duration) {
+        let w = &self.worker;
+        (
+            w.retry_attempts,
+            Duration::from_millis(w.retry_initial_ms),
+            Duration::from_millis(w.retry_max_ms),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::io::Write;
+
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> config::Environment {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        config::Environment::with_prefix("REFIT")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(map))
+    }
+
+    fn s3_env() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("REFIT__S3__ACCESS_KEY_ID", "GKtest"),
+            ("REFIT__S3__SECRET_ACCESS_KEY", "s3cr3t-value"),
+        ]
+    }
+
+    #[test]
+    fn layers_apply_in_order_and_secrets_are_redacted() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "[queue]\nprefix = \"fromfile\"\npool = \"gpu\"\n[worker]\nresume_every_epochs = 3\nconcurrency = 2"
+        )
+        .unwrap();
+        let mut vars = s3_env();
+        vars.push(("REFIT__QUEUE__PREFIX", "fromenv"));
+        vars.push(("REFIT__WORKER__HEARTBEAT_SECS", "7"));
+        let config = WorkerConfig::load_from(Some(file.path()), env(&vars)).unwrap();
+        assert_eq!(config.queue.prefix, "fromenv");
+        assert_eq!(config.queue.pool, "gpu");
+        assert_eq!(config.queue.prefetch, 2);
+        assert_eq!(config.worker.resume_every_epochs, 3);
+        assert_eq!(config.worker.heartbeat_secs, 7);
+        assert_eq!(config.worker.retry_attempts, 6);
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cr3t-value"), "{debug}");
+        assert!(!debug.contains("guest:guest"), "{debug}");
+    }
+
+    #[test]
+    fn the_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/worker.example.toml");
+        let config = WorkerConfig::load_from(Some(&path), env(&s3_env())).unwrap();
+        assert_eq!(config.worker, WorkerSettings::default());
+        assert_eq!(config.s3.region, "garage");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "[worker]\nresume_every_epoch = 3").unwrap();
+        let err = WorkerConfig::load_from(Some(file.path()), env(&s3_env())).unwrap_err();
+        assert!(err.to_string().contains("resume_every_epoch"), "{err}");
+
+        let mut vars = s3_env();
+        vars.push(("REFIT__WORKER__CONCURRENCY", "0"));
+        let err = WorkerConfig::load_from(None, env(&vars)).unwrap_err();
+        assert!(err.to_string().contains("worker.concurrency"), "{err}");
+    }
+
+    #[test]
+    fn cuda_needs_the_feature_and_auto_falls_back() {
+        let mut vars = s3_env();
+        vars.push(("REFIT__WORKER__DEVICE", "cuda"));
+        let result = WorkerConfig::load_from(None, env(&vars));
+        assert_eq!(result.is_ok(), cfg!(feature = "cuda"));
+
+        let mut vars = s3_env();
+        vars.push(("REFIT__WORKER__DEVICE", "auto"));
+        let config = WorkerConfig::load_from(None, env(&vars)).unwrap();
+        if !cfg!(feature = "cuda") {
+            assert_eq!(config.runtime_options().device, Device::Cpu);
+        }
+        assert!(config.worker_id().as_str().contains('-'));
+    }
+}

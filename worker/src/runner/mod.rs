@@ -1,0 +1,283 @@
+//! The worker service's job loop: consume `<prefix>.jobs.<pool>`, train, store the version,
+//! report, settle the delivery. [`run`] is the entry point; `refit-worker`'s `main` only parses
+//! arguments, loads the config and wires SIGINT/SIGTERM to the token it passes.
+//!
+//! ## A job's life in the worker (DESIGN §2)
+//!
+//! 1. **Decode.** Garbage or an unknown schema version: `failed{permanent}` when the message id
+//!    names a job, then `reject` (→ `<prefix>.jobs.dead`).
+//! 2. **Already done?** The output version's manifest exists (written last, it is the commit
+//!    marker): publish `succeeded` again with the stored metrics, ack, no training. A manifest
+//!    for other data is a permanent failure (the coordinator assigned one version twice).
+//! 3. **Download** the dataset (and eval dataset), sha256-checked against the job; for a
+//!    fine-tune the base manifest and, unless resuming, the base version (`read_version`, every
+//!    file sha256-checked against its manifest).
+//! 4. **Resume** from `jobs/<id>/resume/` (see `resume`) when an earlier attempt left a usable
+//!    checkpoint; `started.resumed_from_epoch` says from which epoch.
+//! 5. **Train** on a blocking thread (`spawn_blocking`). The observer sends `progress` at most
+//!    once per second (the first step and the last are always reported; epochs shorter than a
+//!    second share one event), stops within one step on cancel or shutdown, and every
+//!    `resume_every_epochs` epochs or `resume_every_secs` seconds hands an epoch-boundary
+//!    checkpoint to the job's task, which uploads it with the vocabulary and a `resume.json`
+//!    marker and publishes `checkpointed`. A failed checkpoint upload is logged with the age of
+//!    the last good one (also in every heartbeat) and training goes on.
+//! 6. **Evaluate** on `eval_dataset` if the job has one, **export**, **upload** the version's
+//!    files with the manifest last, publish `succeeded` with a publisher confirm, and only then
+//!    **ack**; the resume checkpoint is deleted after.
+//!
+//! `heartbeat` events go out every `heartbeat_secs` for the whole attempt, with the phase
+//! (`download`, `train`, `evaluate`, `upload`, `checkpoint`) and the resume checkpoint's age.
+//!
+//! ## Failures
+//!
+//! | what | event | delivery |
+//! | --- | --- | --- |
+//! | bad data, unknown label, corrupt or missing base checkpoint, bad budget | `failed{permanent}` | `reject` → dead-letter |
+//! | S3 or broker still failing after `retry_attempts` tries (backoff with jitter) | `failed{transient}` | `nack` + requeue |
+//! | `cancel` on `<prefix>.control` | `cancelled` | `ack` |
+//! | SIGTERM / SIGINT | (`checkpointed`) | `nack` + requeue |
+//!
+//! Every path settles the delivery explicitly; a failure to settle (channel gone) is logged and
+//! the broker redelivers. A job that keeps failing transiently, or a poison message that kills
+//! workers, is dead-lettered by the quorum queue's delivery limit. The worker keeps running
+//! after any job failure.
+//!
+//! ## Jobs longer than the broker's consumer (ack) timeout
+//!
+//! A delivery stays unacked for the whole job, so a job must finish within RabbitMQ's consumer
+//! timeout (30 minutes by default), or the broker closes the worker's channel and redelivers the
+//! job. refit's choice is to **raise the timeout above the longest job** rather than ack early
+//! with a lease of our own: `queue.consumer_timeout_ms` sets the per-queue `x-consumer-timeout`
+//! (RabbitMQ ≥ 3.11.15), and on older brokers the broker-wide `consumer_timeout` is raised
+//! (`deploy/README.md`, "Long jobs"). Early ack would make a worker that dies mid-job lose the
+//! job, which the at-least-once design forbids. If the timeout is hit anyway, nothing is lost or
+//! trained twice at the same time for long: the channel close makes the ack fail (logged), the
+//! redelivered attempt resumes from the last resume checkpoint instead of restarting, and an
+//! attempt that finds the version's manifest stored only reports `succeeded` again. Two attempts
+//! writing the same version write the same key layout, the manifest last, so readers never see
+//! a half-written version.
+//!
+//! ## Shutdown
+//!
+//! On the root token: stop taking deliveries (`basic.cancel`; prefetched ones go back), let
+//! running jobs stop at their next training step, upload the latest epoch-boundary checkpoint as
+//! the resume checkpoint (at most one epoch of work is lost), nack them with requeue, then close
+//! the connection; jobs still running after `shutdown_deadline_secs` are dropped, which requeues
+//! their deliveries too.
+
+mod job;
+mod observer;
+mod report;
+mod resume;
+mod retry;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context;
+use refit_proto::{Control, JobId, WorkerId};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{WorkerConfig, WorkerSettings};
+use crate::engine::runtime::{self, RuntimeOptions};
+use crate::queue::{Broker, Consumer, Publisher};
+use crate::storage::{ObjectStore, S3Store};
+use retry::Retry;
+
+/// How many cancelled job ids are remembered for jobs not (yet) running here.
+const EARLY_CANCELS: usize = 1024;
+
+/// What every job task shares.
+pub(crate) struct Shared {
+    store: Arc<dyn ObjectStore>,
+    publisher: Arc<Publisher>,
+    worker_id: WorkerId,
+    runtime: RuntimeOptions,
+    settings: WorkerSettings,
+    retry: Retry,
+    shutdown: CancellationToken,
+    cancels: Mutex<Cancels>,
+}
+
+#[derive(Default)]
+struct Cancels {
+    running: HashMap<JobId, CancellationToken>,
+    /// Cancelled while not running here: a later delivery of the job is cancelled at once.
+    early: VecDeque<JobId>,
+}
+
+impl Shared {
+    fn register(&self, job: JobId) -> CancellationToken {
+        let token = CancellationToken::new();
+        let mut cancels = self.cancels.lock().unwrap_or_else(PoisonError::into_inner);
+        if cancels.early.contains(&job) {
+            token.cancel();
+        }
+        cancels.running.insert(job, token.clone());
+        token
+    }
+
+    fn unregister(&self, job: JobId) {
+        let mut cancels = self.cancels.lock().unwrap_or_else(PoisonError::into_inner);
+        cancels.running.remove(&job);
+    }
+
+    fn cancel(&self, job: JobId) {
+        let mut cancels = self.cancels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(token) = cancels.running.get(&job) {
+            info!(job_id = %job, "cancelling a running job");
+            token.cancel();
+        }
+        if !cancels.early.contains(&job) {
+            if cancels.early.len() >= EARLY_CANCELS {
+                cancels.early.pop_front();
+            }
+            cancels.early.push_back(job);
+        }
+    }
+}
+
+/// Runs the worker until `shutdown` is cancelled (then stops gracefully and returns `Ok`), or a
+/// startup or permanent broker error.
+pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let worker_id = config.worker_id();
+    let runtime_options = config.runtime_options();
+    tokio::task::spawn_blocking(runtime::init)
+        .await
+        .context("loading ONNX Runtime panicked")??;
+
+    let s3 = S3Store::new(config.s3.clone()).context("invalid S3 settings")?;
+    if let Err(err) = s3.check_bucket().await {
+        // Not fatal: jobs retry and requeue while the store is away.
+        warn!(error = %err, bucket = s3.bucket(), "the S3 bucket is not reachable yet");
+    }
+    let store: Arc<dyn ObjectStore> = Arc::new(s3);
+
+    let broker = Broker::connect(&config.queue).await?;
+    let channel = broker.channel().await?;
+    let topology = broker.topology();
+    topology.declare(&channel).await?;
+    // Events are published `mandatory`: declaring the coordinator's (durable) events queue here
+    // keeps a worker that starts before the coordinator from failing on unroutable events, and
+    // keeps the events for the coordinator.
+    topology.declare_coordinator(&channel).await?;
+    drop(channel);
+    let publisher = Arc::new(Publisher::new(&broker).await?);
+
+    let (attempts, initial, max) = config.retry_delays();
+    let shared = Arc::new(Shared {
+        store,
+        publisher,
+        worker_id: worker_id.clone(),
+        runtime: runtime_options.clone(),
+        settings: config.worker.clone(),
+        retry: Retry {
+            attempts,
+            initial,
+            max,
+            shutdown: shutdown.clone(),
+        },
+        shutdown: shutdown.clone(),
+        cancels: Mutex::new(Cancels::default()),
+    });
+
+    // Subscribed before any job is taken, so no cancel for a job of ours is missed.
+    let control = Consumer::control(&broker).await?;
+    let control_task = tokio::spawn(control_loop(control, shared.clone()));
+
+    let mut jobs = Consumer::jobs(&broker).await?;
+    let concurrency = usize::from(config.worker.concurrency.max(1));
+    info!(
+        %worker_id,
+        queue = jobs.queue(),
+        concurrency,
+        device = ?runtime_options.device,
+        intra_threads = runtime_options.intra_threads,
+        "worker started"
+    );
+
+    let mut tasks = JoinSet::new();
+    let mut failure = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(err) = joined {
+                    error!(error = %err, "a job task failed");
+                }
+            }
+            next = jobs.next(), if tasks.len() < concurrency => match next {
+                Some(Ok(delivery)) => {
+                    tasks.spawn(job::handle(shared.clone(), delivery));
+                }
+                Some(Err(err)) => {
+                    error!(error = %err, "cannot consume jobs any more; stopping");
+                    failure = Some(err);
+                    shutdown.cancel();
+                    break;
+                }
+                None => break,
+            },
+        }
+    }
+
+    // Ordered stop: no new jobs, running ones checkpoint and hand back, then the connection.
+    if let Err(err) = jobs.cancel().await {
+        warn!(error = %err, "failed to cancel the job consumer");
+    }
+    let deadline = Duration::from_secs(config.worker.shutdown_deadline_secs);
+    if !tasks.is_empty() {
+        info!(
+            running = tasks.len(),
+            ?deadline,
+            "waiting for running jobs to hand back"
+        );
+    }
+    let drained = tokio::time::timeout(deadline, async {
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(err) = joined {
+                error!(error = %err, "a job task failed");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            running = tasks.len(),
+            "jobs still running at the shutdown deadline; dropping them (the broker requeues them)"
+        );
+        tasks.shutdown().await;
+    }
+    control_task.abort();
+    drop(jobs);
+    broker.close().await;
+    match failure {
+        Some(err) => Err(err.into()),
+        None => Ok(()),
+    }
+}
+
+/// Applies `cancel` control messages to this worker's jobs.
+async fn control_loop(mut control: Consumer, shared: Arc<Shared>) {
+    while let Some(next) = control.next().await {
+        match next {
+            Ok(delivery) => {
+                match delivery.decode::<Control>() {
+                    Ok(Control::Cancel { job_id }) => shared.cancel(job_id),
+                    Err(err) => warn!(error = %err, "ignoring an undecodable control message"),
+                }
+                if let Err(err) = delivery.ack().await {
+                    warn!(error = %err, "failed to ack a control message");
+                }
+            }
+            Err(err) => {
+                error!(error = %err, "cannot consume control messages; cancels are not applied");
+                return;
+            }
+        }
+    }
+}

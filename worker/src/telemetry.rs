@@ -1,0 +1,40 @@
+//! Tracing setup for `refit-worker`, in one place: an `EnvFilter` from `RUST_LOG` (default
+//! [`DEFAULT_FILTER`]) and text or JSON lines on stderr (JSON in `deploy/`).
+
+use tracing_subscriber::EnvFilter;
+
+/// The filter when `RUST_LOG` is unset or empty.
+pub const DEFAULT_FILTER: &str =
+    "info,lapin=warn,aws=warn,aws_config=warn,aws_smithy_runtime=warn,ort=warn";
+
+/// How log lines look.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Installs the global subscriber. Call once, first thing in `main`.
+pub fn init(format: LogFormat) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+    };
+    // Already installed (a test calling it twice) is fine: the first one stays.
+    let _ = result;
+}
