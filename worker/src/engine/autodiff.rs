@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::graph::{Dim, Graph, Node, Value};
+use super::graph::{Attr, Dim, Graph, Node, Value};
 
 /// Why gradients cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -198,10 +198,24 @@ fn rule(
             let idx = g.unsqueeze_last(x[1]);
             vec![Some(g.scatter_add_rows(zeros, idx, dy)), None]
         }
-        "ScatterND" => {
-            if node.attrs.get("reduction") != Some(&super::graph::Attr::Str("add".into())) {
+        "ScatterND" if node.attrs.get("reduction") == Some(&Attr::Str("max".into())) => {
+            // Row scatter-max: an update row gets the gradient where it is the maximum (ties
+            // share it). The data's own gradient is not supported (refit scatters into zeros).
+            if wants[0] {
                 return Err(AutodiffError::NoRule(
-                    "ScatterND (other than reduction=add)".into(),
+                    "ScatterND max (gradient of data)".into(),
+                ));
+            }
+            let flat = g.reshape(x[1], &[-1], vec![Dim::sym("scattered")]);
+            let picked = g.gather(y, flat);
+            let mask = g.equal_mask(x[2], picked);
+            let routed = g.gather(dy, flat);
+            vec![None, None, Some(g.mul(routed, mask))]
+        }
+        "ScatterND" => {
+            if node.attrs.get("reduction") != Some(&Attr::Str("add".into())) {
+                return Err(AutodiffError::NoRule(
+                    "ScatterND (other than reduction=add or max)".into(),
                 ));
             }
             // Row scatter-add (indices [N, 1]): the data passes dy through, each update row
@@ -526,6 +540,21 @@ mod tests {
                 g.scatter_add_rows(v[0], idx, v[1])
             },
         );
+    }
+
+    #[test]
+    fn scatter_max_rows_routes_to_the_maximum() {
+        let mut r = rng();
+        // Distinct values, so no ties sit on the finite-difference step.
+        let mut updates = input(&mut r, "updates", &[5, 3], 0.1, 2.0);
+        for (i, u) in updates.data.iter_mut().enumerate() {
+            *u += i as f64 * 0.01;
+        }
+        check(vec![updates], |g, v| {
+            let zeros = g.constant(&[2, 3], TensorData::F64(vec![0.0; 6]));
+            let idx = g.constant(&[5, 1], TensorData::I64(vec![0, 1, 0, 1, 0]));
+            g.scatter_max_rows(zeros, idx, v[0])
+        });
     }
 
     #[test]

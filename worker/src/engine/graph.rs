@@ -575,11 +575,41 @@ impl Graph {
     /// `data` with `updates` added at the rows `indices` (ScatterND with `reduction = "add"`);
     /// `indices` is `[.., 1]` and `updates` is `indices.shape[..-1] + data.shape[1..]`.
     pub fn scatter_add_rows(&mut self, data: Value, indices: Value, updates: Value) -> Value {
+        self.scatter_rows(data, indices, updates, "add")
+    }
+
+    /// `data` with each row `indices[i]` replaced by the elementwise max of itself and
+    /// `updates[i]` (ScatterND with `reduction = "max"`).
+    pub fn scatter_max_rows(&mut self, data: Value, indices: Value, updates: Value) -> Value {
+        self.scatter_rows(data, indices, updates, "max")
+    }
+
+    fn scatter_rows(
+        &mut self,
+        data: Value,
+        indices: Value,
+        updates: Value,
+        reduction: &str,
+    ) -> Value {
         let (dtype, shape) = (self.dtype(data), self.shape(data).clone());
         self.node(
             "ScatterND",
             &[data, indices, updates],
-            &[("reduction", Attr::Str("add".to_owned()))],
+            &[("reduction", Attr::Str(reduction.to_owned()))],
+            dtype,
+            shape,
+        )
+    }
+
+    /// `1.0` where `a == b`, else `0.0`, in `a`'s float type (Equal, then Cast).
+    pub fn equal_mask(&mut self, a: Value, b: Value) -> Value {
+        let shape = self.broadcast_shape(a, b);
+        let dtype = self.dtype(a);
+        let eq = self.node("Equal", &[a, b], &[], DType::Bool, shape.clone());
+        self.node(
+            "Cast",
+            &[eq],
+            &[("to", Attr::Int(dtype.onnx_type() as i64))],
             dtype,
             shape,
         )

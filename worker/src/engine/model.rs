@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! feature ids [B,T,F] ─Gather(embedding)─▶ [B,T,F,D] ×weights ─Σ_F─▶ tokens [B,T,D] ─+b, ReLU, dropout─▶ h
-//! h ─Σ_T (token weights)─▶ sentence [B,D] ─MLP─▶ intent logits [B,C]
+//! h ─mean and max over an example's tokens─▶ sentence [B,D]×2 ─MLP─▶ intent logits [B,C]
 //! h ─flatten, Gather(context window)─▶ [B·T, 2w+1, D] ─MLP─▶ tag logits [B·T, K]   (BILOU tags)
 //! loss = intent cross-entropy + tag cross-entropy
 //! ```
@@ -47,6 +47,7 @@ pub fn dense_params(d: &Dims) -> Vec<(&'static str, Vec<i64>)> {
     vec![
         ("b_tok", vec![d.embed]),
         ("w_int1", vec![d.embed, d.hidden]),
+        ("w_int1_max", vec![d.embed, d.hidden]),
         ("b_int1", vec![d.hidden]),
         ("w_int2", vec![d.hidden, d.intents]),
         ("b_int2", vec![d.intents]),
@@ -183,6 +184,16 @@ fn forward(
     let zeros = g.expand_to(zero, batch.sent_shape, vec![b, Dim::Fixed(d.embed)]);
     let sentence = g.scatter_add_rows(zeros, batch.tok_ex, pooled);
     let z = g.matmul(sentence, p.get("w_int1"));
+    // ... and their elementwise max (the strongest evidence for each feature), so a single
+    // telling word is not averaged away in a long sentence. h ≥ 0, so zeros are a safe start.
+    let zeros = g.expand_to(
+        zero,
+        batch.sent_shape,
+        vec![Dim::sym("batch"), Dim::Fixed(d.embed)],
+    );
+    let strongest = g.scatter_max_rows(zeros, batch.tok_ex, h);
+    let z_max = g.matmul(strongest, p.get("w_int1_max"));
+    let z = g.add(z, z_max);
     let z = g.add(z, p.get("b_int1"));
     let mut z = g.relu(z);
     if let Some(drop) = dropout {

@@ -198,13 +198,8 @@ impl Predictor {
                     .collect();
                 ranking.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
                 let n = featurized[i].tokens.len();
-                let tags: Vec<u32> = (0..n)
-                    .map(|t| {
-                        let row = offsets[i] + t;
-                        let p = &tag_probs[row * k..(row + 1) * k];
-                        argmax(p) as u32
-                    })
-                    .collect();
+                let first = offsets[i] * k;
+                let tags = self.tags.best_sequence(&tag_probs[first..first + n * k], n);
                 let entities = self.tags.decode(&tags, &featurized[i].tokens, text);
                 out.push(Parse {
                     text: (*text).to_owned(),
@@ -216,14 +211,4 @@ impl Predictor {
         }
         Ok(out)
     }
-}
-
-fn argmax(values: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, v) in values.iter().enumerate() {
-        if *v > values[best] {
-            best = i;
-        }
-    }
-    best
 }

@@ -140,6 +140,75 @@ impl TagSet {
         self.types.get(k).map(|t| (position, t.as_str()))
     }
 
+    /// Whether tag `next` may follow tag `prev` (`None` = the start of the text) in a valid
+    /// BILOU sequence: inside an entity only I/L of the same type may follow.
+    pub fn may_follow(&self, prev: Option<u32>, next: u32) -> bool {
+        let open = prev
+            .and_then(|p| self.parse(p))
+            .and_then(|(pos, ty)| matches!(pos, Bilou::Begin | Bilou::Inside).then_some(ty));
+        match (open, self.parse(next)) {
+            (Some(ty), Some((Bilou::Inside | Bilou::Last, next_ty))) => ty == next_ty,
+            (Some(_), _) => false,
+            (None, Some((Bilou::Inside | Bilou::Last, _))) => false,
+            (None, _) => true,
+        }
+    }
+
+    /// The most probable valid tag sequence (Viterbi over the BILOU constraints, no learned
+    /// transitions) for `tokens` rows of per-token tag probabilities (`[tokens, len()]`
+    /// row-major). Greedy per-token argmax can split one entity into two (`U U` for `B L`);
+    /// this cannot.
+    pub fn best_sequence(&self, probs: &[f32], tokens: usize) -> Vec<u32> {
+        let k = self.len();
+        if tokens == 0 {
+            return Vec::new();
+        }
+        let log = |p: f32| (p.max(1e-12)).ln();
+        let mut score = vec![f32::NEG_INFINITY; k];
+        let mut back = vec![0u32; tokens * k];
+        for tag in 0..k {
+            if self.may_follow(None, tag as u32) {
+                score[tag] = log(probs[tag]);
+            }
+        }
+        for t in 1..tokens {
+            let mut next = vec![f32::NEG_INFINITY; k];
+            for tag in 0..k {
+                let p = log(probs[t * k + tag]);
+                for (prev, &before) in score.iter().enumerate() {
+                    if before.is_finite() && self.may_follow(Some(prev as u32), tag as u32) {
+                        let s = before + p;
+                        if s > next[tag] {
+                            next[tag] = s;
+                            back[t * k + tag] = prev as u32;
+                        }
+                    }
+                }
+            }
+            score = next;
+        }
+        // A text may not end inside an entity.
+        let mut best = None;
+        for (tag, &s) in score.iter().enumerate() {
+            let open = matches!(
+                self.parse(tag as u32),
+                Some((Bilou::Begin | Bilou::Inside, _))
+            );
+            if !open && s.is_finite() && best.is_none_or(|(_, b)| s > b) {
+                best = Some((tag as u32, s));
+            }
+        }
+        let mut tag = best.map_or(OUTSIDE, |(t, _)| t);
+        let mut out = vec![0u32; tokens];
+        for t in (0..tokens).rev() {
+            out[t] = tag;
+            if t > 0 {
+                tag = back[t * k + tag as usize];
+            }
+        }
+        out
+    }
+
     /// The tag's name: `O`, `B-account_type`, …; `?<id>` for an id outside the set.
     pub fn name(&self, id: u32) -> String {
         match self.parse(id) {
@@ -265,6 +334,22 @@ fn tag_id(k: usize, position: Bilou) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn viterbi_returns_the_best_valid_sequence() {
+        let tags = TagSet::new(["amount"]);
+        let (o, b, l, u) = (0usize, 1usize, 3usize, 4usize);
+        // Per-token argmax gives B O, which is invalid; B L (0.5 · 0.45) beats O O (0.3 · 0.5).
+        let mut probs = vec![0.0f32; 2 * 5];
+        (probs[b], probs[o], probs[u]) = (0.5, 0.3, 0.2);
+        (probs[5 + o], probs[5 + l], probs[5 + 2]) = (0.5, 0.45, 0.05);
+        assert_eq!(tags.best_sequence(&probs, 2), vec![1, 3]);
+        // A text cannot end inside an entity: a lone B becomes the next best valid tag.
+        let mut probs = vec![0.0f32; 5];
+        (probs[b], probs[u], probs[o]) = (0.6, 0.3, 0.1);
+        assert_eq!(tags.best_sequence(&probs, 1), vec![4]);
+        assert!(tags.best_sequence(&[], 0).is_empty());
+    }
     use crate::engine::featurizer::{Token, tokenize};
     use refit_proto::data::load_file;
 
