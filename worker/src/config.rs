@@ -100,7 +100,7 @@ pub struct WorkerSettings {
     /// Seconds between heartbeat events while a job runs. Default 5.
     pub heartbeat_secs: u64,
     /// Tries of one S3 or broker operation that fails transiently before the job is handed back
-    /// to the queue (nack with requeue). Default 6.
+    /// to the queue (nack with requeue). Default 10 (about a minute of retrying).
     pub retry_attempts: u32,
     /// The first retry delay in milliseconds; it doubles per try, with jitter. Default 500.
     pub retry_initial_ms: u64,
@@ -122,7 +122,7 @@ impl Default for WorkerSettings {
             resume_every_epochs: 10,
             resume_every_secs: 300,
             heartbeat_secs: 5,
-            retry_attempts: 6,
+            retry_attempts: 10,
             retry_initial_ms: 500,
             retry_max_ms: 10_000,
             shutdown_deadline_secs: 30,
@@ -308,7 +308,7 @@ mod tests {
         assert_eq!(config.queue.prefetch, 2);
         assert_eq!(config.worker.resume_every_epochs, 3);
         assert_eq!(config.worker.heartbeat_secs, 7);
-        assert_eq!(config.worker.retry_attempts, 6);
+        assert_eq!(config.worker.retry_attempts, 10);
         let debug = format!("{config:?}");
         assert!(!debug.contains("s3cr3t-value"), "{debug}");
         assert!(!debug.contains("guest:guest"), "{debug}");

@@ -243,6 +243,13 @@ impl Delivery {
         refit_proto::decode(self.body())
     }
 
+    /// Whether it can still be settled: not settled yet, and its channel is open. `false` once the
+    /// channel or its connection is gone: the broker has then requeued the message for another
+    /// delivery, and an ack from this one can no longer reach it.
+    pub fn is_live(&self) -> bool {
+        !self.settled && self.inner.acker.usable() && self.channel.status().connected()
+    }
+
     /// Whether the broker delivered it before (to this or another consumer).
     pub fn redelivered(&self) -> bool {
         self.inner.redelivered

@@ -30,6 +30,9 @@ use crate::version::{
     VersionError, VersionInfo, read_manifest, read_version, version_files, write_version,
 };
 
+/// How often a running job checks that its delivery's channel is still open.
+const DELIVERY_CHECK: Duration = Duration::from_millis(250);
+
 /// Handles one delivery and settles it: exactly one of ack, nack with requeue, or reject.
 pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery) {
     let attempt = delivery.attempt();
@@ -84,15 +87,27 @@ async fn run(shared: Arc<Shared>, delivery: Delivery, job: JobSpec, attempt: u32
         Duration::from_secs(shared.settings.heartbeat_secs),
     );
     info!(mode = %job.mode, redelivered = delivery.redelivered(), "job received");
-    let outcome = Job {
-        shared: &shared,
-        job: &job,
-        reporter: &reporter,
-        status: &status,
-        cancel: &cancel,
-    }
-    .execute()
-    .await;
+    // Stops the attempt at its next step, as a shutdown does: the worker's shutdown, or the loss
+    // of the delivery's channel (see `watch_delivery`).
+    let handback = shared.shutdown.child_token();
+    let lost = CancellationToken::new();
+    let done = CancellationToken::new();
+    let work = async {
+        let outcome = Job {
+            shared: &shared,
+            job: &job,
+            reporter: &reporter,
+            status: &status,
+            cancel: &cancel,
+            handback: &handback,
+            lost: &lost,
+        }
+        .execute()
+        .await;
+        done.cancel();
+        outcome
+    };
+    let (outcome, ()) = tokio::join!(work, watch_delivery(&delivery, &done, &lost, &handback));
     drop(heartbeat);
     shared.unregister(job.id);
 
@@ -110,6 +125,11 @@ async fn run(shared: Arc<Shared>, delivery: Delivery, job: JobSpec, attempt: u32
         }
         Err(JobError::Shutdown) => {
             info!("handing the job back to the queue for another worker");
+            settled("nack", delivery.nack_requeue().await);
+        }
+        Err(JobError::Lost) => {
+            info!("stopped: the broker has requeued the job and delivers it again");
+            // Fails (the channel is gone); kept for a channel that only looked closed.
             settled("nack", delivery.nack_requeue().await);
         }
         Err(JobError::Permanent(reason)) => {
@@ -130,6 +150,37 @@ async fn run(shared: Arc<Shared>, delivery: Delivery, job: JobSpec, attempt: u32
             };
             publish_final(&shared, &reporter, kind).await;
             settled("nack", delivery.nack_requeue().await);
+        }
+    }
+}
+
+/// Watches the delivery's channel until `done`. When it closes (the connection to RabbitMQ was
+/// lost, or the broker closed the channel, e.g. at its consumer timeout), the broker has
+/// requeued the job already and delivers it again, here or to another worker, while an ack from
+/// this attempt can no longer reach it. Training on would run the job twice at once and report
+/// `succeeded` twice; so the attempt stops at its next step, uploads its latest epoch-boundary
+/// checkpoint as on shutdown, and the redelivery resumes from it (or, if the version got stored,
+/// reports `succeeded` without training).
+async fn watch_delivery(
+    delivery: &Delivery,
+    done: &CancellationToken,
+    lost: &CancellationToken,
+    handback: &CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            () = done.cancelled() => return,
+            () = tokio::time::sleep(DELIVERY_CHECK) => {}
+        }
+        if !delivery.is_live() {
+            warn!(
+                "the job's delivery was lost with its channel (broker connection lost?); \
+                 stopping this attempt, the broker delivers the job again"
+            );
+            lost.cancel();
+            handback.cancel();
+            return;
         }
     }
 }
@@ -165,6 +216,10 @@ struct Job<'a> {
     reporter: &'a Reporter,
     status: &'a JobStatus,
     cancel: &'a CancellationToken,
+    /// Cancelled on shutdown or when the delivery is lost: stop and leave a resume checkpoint.
+    handback: &'a CancellationToken,
+    /// Cancelled when the delivery is lost (its channel closed).
+    lost: &'a CancellationToken,
 }
 
 impl Job<'_> {
@@ -256,6 +311,8 @@ impl Job<'_> {
             arch: arch.clone(),
             checkpoint_sha256: String::new(),
             vocab_sha256: String::new(),
+            checkpoint_file: String::new(),
+            vocab_file: String::new(),
             written_at: chrono::Utc::now(),
         };
         let model = self
@@ -371,6 +428,10 @@ impl Job<'_> {
         metrics: Option<Metrics>,
         timings: BTreeMap<String, f64>,
     ) -> Result<(), JobError> {
+        if self.lost.is_cancelled() {
+            // The redelivery reports it (it finds the stored version), and acks.
+            return Err(JobError::Lost);
+        }
         let kind = EventKind::Succeeded {
             version,
             metrics,
@@ -386,7 +447,9 @@ impl Job<'_> {
     fn check_stop(&self) -> Result<(), JobError> {
         if self.cancel.is_cancelled() {
             Err(JobError::Cancelled)
-        } else if self.shared.shutdown.is_cancelled() {
+        } else if self.lost.is_cancelled() {
+            Err(JobError::Lost)
+        } else if self.handback.is_cancelled() {
             Err(JobError::Shutdown)
         } else {
             Ok(())
@@ -482,7 +545,7 @@ impl Job<'_> {
         let (tx, mut rx) = mpsc::channel(8);
         let observer = JobObserver::new(
             self.cancel.clone(),
-            self.shared.shutdown.clone(),
+            self.handback.clone(),
             tx,
             total_epochs,
             start_epoch,
@@ -543,7 +606,11 @@ impl Job<'_> {
                     self.upload_resume(&marker, state.epochs_done, state.step, bytes, &vocab)
                         .await;
                 }
-                Err(JobError::Shutdown)
+                if self.lost.is_cancelled() {
+                    Err(JobError::Lost)
+                } else {
+                    Err(JobError::Shutdown)
+                }
             }
             Err(e) => Err(JobError::engine("training failed")(e)),
         }

@@ -36,11 +36,16 @@
 //! | S3 or broker still failing after `retry_attempts` tries (backoff with jitter) | `failed{transient}` | `nack` + requeue |
 //! | `cancel` on `<prefix>.control` | `cancelled` | `ack` |
 //! | SIGTERM / SIGINT | (`checkpointed`) | `nack` + requeue |
+//! | the delivery's channel closes (connection lost) | (`checkpointed`) | none possible: the broker has requeued it |
 //!
 //! Every path settles the delivery explicitly; a failure to settle (channel gone) is logged and
-//! the broker redelivers. A job that keeps failing transiently, or a poison message that kills
-//! workers, is dead-lettered by the quorum queue's delivery limit. The worker keeps running
-//! after any job failure.
+//! the broker redelivers. A job whose delivery's channel closes while it runs (the connection
+//! to RabbitMQ dropped; the broker requeues the job at once) stops at its next step as on
+//! shutdown, leaving a resume checkpoint, and publishes no `succeeded`: the redelivery, here
+//! after the reconnection or on another worker, resumes from the checkpoint or finds the stored
+//! version, so the job is neither trained twice at once nor reported twice. A job that keeps
+//! failing transiently, or a poison message that kills workers, is dead-lettered by the quorum
+//! queue's delivery limit. The worker keeps running after any job failure.
 //!
 //! ## Jobs longer than the broker's consumer (ack) timeout
 //!
@@ -51,8 +56,9 @@
 //! (RabbitMQ ≥ 3.11.15), and on older brokers the broker-wide `consumer_timeout` is raised
 //! (`deploy/README.md`, "Long jobs"). Early ack would make a worker that dies mid-job lose the
 //! job, which the at-least-once design forbids. If the timeout is hit anyway, nothing is lost or
-//! trained twice at the same time for long: the channel close makes the ack fail (logged), the
-//! redelivered attempt resumes from the last resume checkpoint instead of restarting, and an
+//! trained twice at the same time for long: the running attempt sees its channel close and stops
+//! at its next step with a resume checkpoint, the redelivered attempt resumes from it instead of
+//! restarting, and an
 //! attempt that finds the version's manifest stored only reports `succeeded` again. Two attempts
 //! writing the same version write the same key layout, the manifest last, so readers never see
 //! a half-written version.

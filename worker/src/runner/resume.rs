@@ -1,8 +1,14 @@
-//! Resume checkpoints: `jobs/<job id>/resume/{checkpoint.safetensors, vocab.json, resume.json}`.
+//! Resume checkpoints: `jobs/<job id>/resume/{checkpoint-<sha>.safetensors, vocab-<sha>.json,
+//! resume.json}`.
 //!
-//! `resume.json` is written last and names the sha256 of the other two, so it is the commit
-//! marker (as a version's manifest is): a checkpoint without one, or one whose files do not match
-//! it, is ignored. A resume checkpoint that cannot be used (missing files, bad checksum, written
+//! `resume.json` is written last and names the other two files and their sha256, so it is the
+//! commit marker (as a version's manifest is): a checkpoint without one, or one whose files do
+//! not match it, is ignored. The files are named by their content (the first 16 hex digits of
+//! their sha256), so a new checkpoint never overwrites the one the current marker names: a
+//! worker killed between the files and the marker leaves the previous checkpoint usable (writing
+//! to fixed names, such a kill lost the whole checkpoint and the job restarted from epoch 0).
+//! Files no marker names any more are deleted after each new marker, and all of them once the
+//! job is settled. A resume checkpoint that cannot be used (missing files, bad checksum, written
 //! for other data, another budget or another architecture) is only an optimisation lost: the job
 //! logs a warning and starts from the beginning rather than failing. Only epoch-boundary
 //! checkpoints are written, so a resumed run continues exactly as an uninterrupted one would.
@@ -38,7 +44,28 @@ pub(crate) struct ResumeMarker {
     pub arch: ArchSpec,
     pub checkpoint_sha256: String,
     pub vocab_sha256: String,
+    /// The checkpoint's file name under the resume prefix (older markers:
+    /// `checkpoint.safetensors`).
+    #[serde(default = "legacy_checkpoint_file")]
+    pub checkpoint_file: String,
+    /// The vocabulary's file name under the resume prefix (older markers: `vocab.json`).
+    #[serde(default = "legacy_vocab_file")]
+    pub vocab_file: String,
     pub written_at: DateTime<Utc>,
+}
+
+fn legacy_checkpoint_file() -> String {
+    keys::CHECKPOINT.to_owned()
+}
+
+fn legacy_vocab_file() -> String {
+    keys::VOCAB.to_owned()
+}
+
+/// `<stem>-<first 16 hex digits of sha256>.<extension>` for a file name `<stem>.<extension>`.
+fn content_name(file: &str, sha256: &str) -> String {
+    let (stem, extension) = file.split_once('.').unwrap_or((file, ""));
+    format!("{stem}-{}.{extension}", &sha256[..16.min(sha256.len())])
 }
 
 /// What a usable resume checkpoint must match.
@@ -53,7 +80,8 @@ fn key(job: JobId, file: &str) -> String {
     keys::resume_file(job, file).expect("fixed file names are valid")
 }
 
-/// Uploads a resume checkpoint: the files, then the marker.
+/// Uploads a resume checkpoint: the files (under names of their own), then the marker; then
+/// deletes the files of earlier checkpoints (best effort).
 pub(crate) async fn write(
     store: &dyn ObjectStore,
     retry: &Retry,
@@ -65,14 +93,16 @@ pub(crate) async fn write(
     let mut marker = marker_base.clone();
     marker.checkpoint_sha256 = sha256_hex(&checkpoint);
     marker.vocab_sha256 = sha256_hex(&vocab);
+    marker.checkpoint_file = content_name(keys::CHECKPOINT, &marker.checkpoint_sha256);
+    marker.vocab_file = content_name(keys::VOCAB, &marker.vocab_sha256);
     marker.written_at = Utc::now();
-    let ckpt_key = key(job, keys::CHECKPOINT);
+    let ckpt_key = key(job, &marker.checkpoint_file);
     retry
         .run("upload resume checkpoint", || {
             store.put(&ckpt_key, checkpoint.clone())
         })
         .await?;
-    let vocab_key = key(job, keys::VOCAB);
+    let vocab_key = key(job, &marker.vocab_file);
     retry
         .run("upload resume vocabulary", || {
             store.put(&vocab_key, vocab.clone())
@@ -85,7 +115,31 @@ pub(crate) async fn write(
             store.put(&marker_key, json.clone())
         })
         .await?;
+    delete_unreferenced(store, &marker).await;
     Ok(marker)
+}
+
+/// Deletes the resume files `marker` does not name (earlier checkpoints); failures are logged.
+async fn delete_unreferenced(store: &dyn ObjectStore, marker: &ResumeMarker) {
+    let job = marker.job_id;
+    let keep = [
+        key(job, MARKER),
+        key(job, &marker.checkpoint_file),
+        key(job, &marker.vocab_file),
+    ];
+    let prefix = keys::resume_prefix(job);
+    let objects = match store.list(&prefix).await {
+        Ok(objects) => objects,
+        Err(error) => {
+            warn!(%error, %prefix, "failed to list old resume checkpoint files");
+            return;
+        }
+    };
+    for object in objects.into_iter().filter(|o| !keep.contains(&o.key)) {
+        if let Err(error) = store.delete(&object.key).await {
+            warn!(%error, key = %object.key, "failed to delete an old resume checkpoint file");
+        }
+    }
 }
 
 /// The job's resume checkpoint as a model, if a usable one exists. Only a store that stays
@@ -125,10 +179,12 @@ pub(crate) async fn load(
     }
     let mut files = Vec::new();
     for (name, sha) in [
-        (keys::CHECKPOINT, &marker.checkpoint_sha256),
-        (keys::VOCAB, &marker.vocab_sha256),
+        (&marker.checkpoint_file, &marker.checkpoint_sha256),
+        (&marker.vocab_file, &marker.vocab_sha256),
     ] {
-        let k = key(job, name);
+        let Ok(k) = keys::resume_file(job, name) else {
+            return unusable(format!("{MARKER} names an invalid file {name:?}"));
+        };
         match retry
             .run("read resume checkpoint", || store.get_verified(&k, sha))
             .await
@@ -180,5 +236,45 @@ pub(crate) async fn delete(store: &dyn ObjectStore, job: JobId) {
         if let Err(error) = store.delete(&k).await {
             warn!(%error, key = %k, "failed to delete a resume checkpoint file");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_named_by_content_and_old_markers_keep_the_fixed_names() {
+        let sha = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            content_name(keys::CHECKPOINT, sha),
+            "checkpoint-0123456789abcdef.safetensors"
+        );
+        assert_eq!(
+            content_name(keys::VOCAB, sha),
+            "vocab-0123456789abcdef.json"
+        );
+        assert!(keys::resume_file(JobId::new(), &content_name(keys::CHECKPOINT, sha)).is_ok());
+
+        let marker = ResumeMarker {
+            job_id: JobId::new(),
+            epochs_done: 3,
+            total_epochs: 9,
+            step: 12,
+            dataset_sha256: "d".into(),
+            arch: ArchSpec::default(),
+            checkpoint_sha256: "c".into(),
+            vocab_sha256: "v".into(),
+            checkpoint_file: String::new(),
+            vocab_file: String::new(),
+            written_at: Utc::now(),
+        };
+        let mut json = serde_json::to_value(&marker).unwrap();
+        let object = json.as_object_mut().unwrap();
+        object.remove("checkpoint_file");
+        object.remove("vocab_file");
+        let old: ResumeMarker = serde_json::from_value(json).unwrap();
+        assert_eq!(old.checkpoint_file, keys::CHECKPOINT);
+        assert_eq!(old.vocab_file, keys::VOCAB);
     }
 }

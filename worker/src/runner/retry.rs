@@ -31,6 +31,10 @@ pub(crate) enum JobError {
     /// The worker is shutting down: resume checkpoint + nack with requeue.
     #[error("the worker is shutting down")]
     Shutdown,
+    /// The delivery's channel closed (connection lost), so the broker has requeued the job:
+    /// resume checkpoint, and no `succeeded` from this attempt (the redelivery reports it).
+    #[error("the job's delivery was lost with its channel")]
+    Lost,
 }
 
 impl JobError {

@@ -8,6 +8,9 @@
 //! configured through `REFIT__…` environment variables only. Data is a slice of
 //! `examples/data/financial-demo/set1.yml` uploaded as JSONL, and epochs are few, so a job takes
 //! seconds.
+//!
+//! `resilience` holds the tests that break things around a running job: a private S3 server
+//! stopped for 20 s, the worker's RabbitMQ connection force-closed, and ten `kill -9`s.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +35,8 @@ use refit_worker::storage::{ObjectStore, S3Config, S3Store, sha256_hex};
 use refit_worker::version::{list_versions, read_manifest};
 
 use crate::common::{env_or, unique};
+
+mod resilience;
 
 const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -78,6 +83,11 @@ fn garage_env() -> HashMap<String, String> {
     let dir = std::env::var_os("REFIT_GARAGE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join(".refit-local/garage"));
+    credentials_in(&dir)
+}
+
+/// `NAME=value` lines of `<dir>/credentials.env` (written by `deploy/s3-server.sh`).
+fn credentials_in(dir: &Path) -> HashMap<String, String> {
     let Ok(text) = std::fs::read_to_string(dir.join("credentials.env")) else {
         return HashMap::new();
     };
@@ -134,9 +144,18 @@ struct Cluster {
 
 impl Cluster {
     async fn start(name: &str) -> Result<Self> {
+        Self::start_with(name, s3_config()?, None).await
+    }
+
+    /// A cluster on the given S3 server, with the job queue's delivery limit set to
+    /// `delivery_limit` (the workers get the same, or declaring the queue would fail).
+    async fn start_with(name: &str, s3: S3Config, delivery_limit: Option<u32>) -> Result<Self> {
         let prefix = unique(&format!("w{name}"));
         let amqp_url = env_or("REFIT_TEST_AMQP_URL", DEFAULT_AMQP_URL);
-        let config = QueueConfig::for_test(&amqp_url, &prefix);
+        let mut config = QueueConfig::for_test(&amqp_url, &prefix);
+        if let Some(limit) = delivery_limit {
+            config.delivery_limit = limit;
+        }
         let broker = Broker::connect(&config)
             .await
             .map_err(|e| anyhow!("{e} (tests use REFIT_TEST_AMQP_URL)"))?;
@@ -144,7 +163,6 @@ impl Cluster {
         broker.topology().declare(&channel).await?;
         broker.topology().declare_coordinator(&channel).await?;
         let publisher = Publisher::new(&broker).await?;
-        let s3 = s3_config()?;
         let store = S3Store::new(s3.clone())?;
         store
             .check_bucket()
@@ -191,6 +209,10 @@ impl Cluster {
             .env("REFIT__QUEUE__URL", &self.amqp_url)
             .env("REFIT__QUEUE__PREFIX", &self.prefix)
             .env("REFIT__QUEUE__RECONNECT_MAX_MS", "1000")
+            .env(
+                "REFIT__QUEUE__DELIVERY_LIMIT",
+                self.broker.config().delivery_limit.to_string(),
+            )
             .env(
                 "REFIT__S3__ENDPOINT",
                 self.s3.endpoint.clone().unwrap_or_default(),
@@ -394,6 +416,18 @@ struct Worker {
 impl Worker {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id, while it runs.
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process is still running.
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     fn signal(&self, name: &str) -> Result<()> {
