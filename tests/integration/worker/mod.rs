@@ -536,7 +536,10 @@ async fn worker_trains_scratch_then_finetune_and_skips_a_duplicate() -> Result<(
     let base_data = cluster.dataset(&examples(4)?).await?;
     let more_data = cluster.dataset(&examples(8)?).await?;
 
-    let scratch = cluster.job(1, None, base_data, Budget::Epochs(3));
+    let eval_data = cluster.dataset(&examples(2)?).await?;
+
+    let mut scratch = cluster.job(1, None, base_data, Budget::Epochs(3));
+    scratch.eval_dataset = Some(eval_data.clone());
     cluster.publisher.publish_job(&scratch).await?;
     let events = cluster.wait_final(scratch.id).await?;
     let result = (|| {
@@ -552,8 +555,13 @@ async fn worker_trains_scratch_then_finetune_and_skips_a_duplicate() -> Result<(
     result.with_context(|| format!("worker log:\n{}", worker.log()))?;
     let v1 = check_version(&cluster, 1).await?;
     ensure!(v1.mode == Mode::Scratch && v1.epochs == 3.0, "{v1:?}");
+    ensure!(
+        v1.metrics.as_ref().is_some_and(|m| m.examples > 0),
+        "v1 has no metrics: {v1:?}"
+    );
 
-    let finetune = cluster.job(2, Some(1), more_data, Budget::EpochFraction(0.5));
+    let mut finetune = cluster.job(2, Some(1), more_data, Budget::EpochFraction(0.5));
+    finetune.eval_dataset = Some(eval_data);
     cluster.publisher.publish_job(&finetune).await?;
     let events = cluster.wait_final(finetune.id).await?;
     check_order(&events).with_context(|| format!("worker log:\n{}", worker.log()))?;
@@ -561,6 +569,10 @@ async fn worker_trains_scratch_then_finetune_and_skips_a_duplicate() -> Result<(
     ensure!(
         v2.mode == Mode::Finetune && v2.parent == Some(Version::first()) && v2.epochs == 2.0,
         "{v2:?}"
+    );
+    ensure!(
+        v2.metrics.as_ref().is_some_and(|m| m.examples > 0),
+        "v2 has no metrics: {v2:?}"
     );
     ensure!(
         cluster.versions().await? == vec![Version::first(), Version::new(2)?],
