@@ -834,7 +834,7 @@ mod tests {
     use super::*;
     use crate::data::{Entity, Example};
     use crate::ids::ModelName;
-    use crate::manifest::{DataSummary, FeaturizerSpec, MANIFEST_FORMAT};
+    use crate::manifest::FeaturizerSpec;
 
     fn ex(text: &str, intent: &str) -> Example {
         Example {
@@ -876,30 +876,15 @@ mod tests {
     }
 
     fn manifest_for(data: &TrainingData, arch: ArchSpec) -> Manifest {
-        Manifest {
-            format: MANIFEST_FORMAT,
-            model: ModelName::new("financial").unwrap(),
-            version: Version::new(3).unwrap(),
-            parent: None,
-            mode: Mode::Scratch,
-            finetune_depth: 0,
-            labels: LabelSet::of(data),
-            arch_fingerprint: arch.fingerprint(),
+        let mut manifest = Manifest::for_data(
+            ModelName::new("financial").unwrap(),
+            Version::new(3).unwrap(),
+            data,
             arch,
-            vocab_size: 0,
-            data: DataSummary {
-                sha256: String::new(),
-                key: String::new(),
-                examples: data.len() as u64,
-                counts: data.label_counts(),
-            },
-            epochs: 100.0,
-            metrics: None,
-            timings: BTreeMap::new(),
-            files: BTreeMap::new(),
-            refit_version: crate::REFIT_VERSION.to_owned(),
-            created_at: Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap(),
-        }
+        );
+        manifest.epochs = 100.0;
+        manifest.created_at = Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap();
+        manifest
     }
 
     fn vocab_of(data: &TrainingData) -> BTreeSet<String> {

@@ -269,6 +269,41 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// A manifest describing a model trained from scratch on `data` with `arch`, without files,
+    /// metrics or timings: what the fine-tune decision needs to compare new data against when
+    /// no stored version is at hand (`refit check --base`, tests).
+    pub fn for_data(
+        model: ModelName,
+        version: Version,
+        data: &TrainingData,
+        arch: ArchSpec,
+    ) -> Self {
+        Manifest {
+            format: MANIFEST_FORMAT,
+            model,
+            version,
+            parent: None,
+            mode: Mode::Scratch,
+            finetune_depth: 0,
+            labels: LabelSet::of(data),
+            arch_fingerprint: arch.fingerprint(),
+            arch,
+            vocab_size: 0,
+            data: DataSummary {
+                sha256: String::new(),
+                key: String::new(),
+                examples: data.len() as u64,
+                counts: data.label_counts(),
+            },
+            epochs: 0.0,
+            metrics: None,
+            timings: BTreeMap::new(),
+            files: BTreeMap::new(),
+            refit_version: crate::REFIT_VERSION.to_owned(),
+            created_at: Utc::now(),
+        }
+    }
+
     /// Pretty JSON, as stored.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec_pretty(self).expect("a Manifest always serialises")

@@ -1,7 +1,7 @@
 //! The fine-tune decision on the real financial-demo data, one test per row of DESIGN §4's
 //! table, plus the JSON report.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use chrono::{TimeZone, Utc};
@@ -10,10 +10,7 @@ use refit_proto::decision::{
     Decision, DecisionInput, DecisionReport, LabelCount, LabelKind, Policy, Reason, decide,
     word_tokens,
 };
-use refit_proto::manifest::{DataSummary, MANIFEST_FORMAT};
-use refit_proto::{
-    ArchSpec, Budget, Hyperparams, LabelSet, Manifest, Mode, ModelName, REFIT_VERSION, Version,
-};
+use refit_proto::{ArchSpec, Budget, Hyperparams, Manifest, Mode, ModelName, Version};
 
 const DATA: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -35,30 +32,13 @@ fn set1_and_set2() -> TrainingData {
 
 /// The manifest of a version trained from scratch on `data` with `arch`.
 fn manifest_for(data: &TrainingData, arch: ArchSpec) -> Manifest {
-    Manifest {
-        format: MANIFEST_FORMAT,
-        model: ModelName::new("financial").expect("a valid model name"),
-        version: Version::new(1).expect("a valid version"),
-        parent: None,
-        mode: Mode::Scratch,
-        finetune_depth: 0,
-        labels: LabelSet::of(data),
-        arch_fingerprint: arch.fingerprint(),
-        arch,
-        vocab_size: 0,
-        data: DataSummary {
-            sha256: "0".repeat(64),
-            key: "datasets/sha256/test.yml".into(),
-            examples: data.len() as u64,
-            counts: data.label_counts(),
-        },
-        epochs: 100.0,
-        metrics: None,
-        timings: BTreeMap::new(),
-        files: BTreeMap::new(),
-        refit_version: REFIT_VERSION.into(),
-        created_at: Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap(),
-    }
+    let model = ModelName::new("financial").expect("a valid model name");
+    let mut manifest = Manifest::for_data(model, Version::first(), data, arch);
+    manifest.data.sha256 = "0".repeat(64);
+    manifest.data.key = "datasets/sha256/test.yml".into();
+    manifest.epochs = 100.0;
+    manifest.created_at = Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap();
+    manifest
 }
 
 /// The word vocabulary a worker would have stored for `data`.

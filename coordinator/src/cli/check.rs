@@ -12,8 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use refit_proto::data::{TrainingData, load_files};
 use refit_proto::decision::{Decision, DecisionInput, Policy, decide, word_tokens};
-use refit_proto::manifest::{DataSummary, MANIFEST_FORMAT};
-use refit_proto::{ArchSpec, LabelSet, Manifest, Mode, ModelName, REFIT_VERSION, Version};
+use refit_proto::{ArchSpec, Manifest, Mode, ModelName, Version};
 
 use super::{Output, exit};
 
@@ -128,29 +127,11 @@ fn manifest_of(data: &TrainingData) -> Result<Manifest> {
     if data.is_empty() {
         bail!("the --base data holds no examples");
     }
-    let arch = ArchSpec::default();
-    Ok(Manifest {
-        format: MANIFEST_FORMAT,
-        model: ModelName::new("local").expect("a valid literal model name"),
-        version: Version::first(),
-        parent: None,
-        mode: Mode::Scratch,
-        finetune_depth: 0,
-        labels: LabelSet::of(data),
-        arch_fingerprint: arch.fingerprint(),
-        arch,
-        vocab_size: 0,
-        data: DataSummary {
-            sha256: String::new(),
-            key: String::new(),
-            examples: data.len() as u64,
-            counts: data.label_counts(),
-        },
-        epochs: 0.0,
-        metrics: None,
-        timings: Default::default(),
-        files: Default::default(),
-        refit_version: REFIT_VERSION.to_owned(),
-        created_at: chrono::Utc::now(),
-    })
+    let model = ModelName::new("local").expect("a valid literal model name");
+    Ok(Manifest::for_data(
+        model,
+        Version::first(),
+        data,
+        ArchSpec::default(),
+    ))
 }

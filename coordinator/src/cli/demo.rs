@@ -32,8 +32,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use refit_proto::data::{TrainingData, load_file, load_files};
 use refit_proto::decision::{Decision, DecisionInput, DecisionReport, Policy, decide};
 use refit_proto::{ArchSpec, Manifest, Metrics, Mode, ModelName, Version, keys};
-use refit_worker::engine::metrics::{Prediction, evaluate};
-use refit_worker::engine::predict::Predictor;
+use refit_worker::engine::predict::evaluate_model;
 use refit_worker::engine::runtime;
 use refit_worker::engine::trainer::{NluModel, Progress, TrainObserver, TrainOptions, TrainReport};
 use refit_worker::storage::{LocalStore, ObjectStore, sha256_hex};
@@ -423,18 +422,7 @@ impl Demo<'_> {
     }
 
     fn evaluate(&self, model: &NluModel) -> Result<Metrics> {
-        let mut predictor = Predictor::for_model(model, &self.opts.runtime)?;
-        let texts: Vec<&str> = self.test.examples.iter().map(|e| e.text.as_str()).collect();
-        let predictions: Vec<Prediction> = predictor
-            .parse(&texts)?
-            .into_iter()
-            .map(|p| Prediction {
-                intent: p.intent.name,
-                confidence: p.intent.confidence,
-                entities: p.entities,
-            })
-            .collect();
-        Ok(evaluate(&self.test.examples, &predictions).to_metrics())
+        Ok(evaluate_model(model, self.test, &self.opts.runtime)?.to_metrics())
     }
 }
 

@@ -56,6 +56,26 @@ pub fn export(model: &NluModel) -> Vec<u8> {
     proto.to_bytes()
 }
 
+/// Evaluates a model on labelled data as `rasa test nlu` would (see [`super::metrics`]).
+pub fn evaluate_model(
+    model: &NluModel,
+    data: &refit_proto::data::TrainingData,
+    runtime: &RuntimeOptions,
+) -> Result<super::metrics::EvaluationReport, EngineError> {
+    let mut predictor = Predictor::for_model(model, runtime)?;
+    let texts: Vec<&str> = data.examples.iter().map(|e| e.text.as_str()).collect();
+    let predictions: Vec<super::metrics::Prediction> = predictor
+        .parse(&texts)?
+        .into_iter()
+        .map(|p| super::metrics::Prediction {
+            intent: p.intent.name,
+            confidence: p.intent.confidence,
+            entities: p.entities,
+        })
+        .collect();
+    Ok(super::metrics::evaluate(&data.examples, &predictions))
+}
+
 /// One intent with its probability.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IntentScore {

@@ -21,8 +21,7 @@ use super::report::{Heartbeat, JobStatus, Reporter};
 use super::resume::{self, Expect, ResumeMarker};
 use super::retry::JobError;
 use crate::engine::EngineError;
-use crate::engine::metrics::{Prediction, evaluate};
-use crate::engine::predict::Predictor;
+use crate::engine::predict::evaluate_model;
 use crate::engine::runtime::RuntimeOptions;
 use crate::engine::trainer::{NluModel, Progress, TrainOptions};
 use crate::queue::{Delivery, QueueError};
@@ -700,18 +699,7 @@ fn evaluate_on(
     eval: &TrainingData,
     runtime: &RuntimeOptions,
 ) -> Result<Metrics, EngineError> {
-    let mut predictor = Predictor::for_model(model, runtime)?;
-    let texts: Vec<&str> = eval.examples.iter().map(|e| e.text.as_str()).collect();
-    let predictions: Vec<Prediction> = predictor
-        .parse(&texts)?
-        .into_iter()
-        .map(|p| Prediction {
-            intent: p.intent.name,
-            confidence: p.intent.confidence,
-            entities: p.entities,
-        })
-        .collect();
-    Ok(evaluate(&eval.examples, &predictions).to_metrics())
+    Ok(evaluate_model(model, eval, runtime)?.to_metrics())
 }
 
 /// Runs CPU-bound work off the async threads.
