@@ -2,8 +2,8 @@
 """refit's DIET-lite model trained by PyTorch (CPU) and by ONNX Runtime's training API.
 
 Input: the featurized dataset that `bench_train features` writes (per example the feature ids of
-each token, the intent index and the BILOU tags, plus the `TrainOptions` refit trains with), so the
-peers see exactly the inputs refit's trainer sees. The network, loss, optimiser and batching
+each token, the intent index and the BILOU tags, plus the `TrainOptions` refit trains with and its
+dense parameters' names), so the peers see exactly the inputs refit's trainer sees. The network, loss, optimiser and batching
 reproduce worker/src/engine/model.rs, batch.rs and trainer.rs:
 
   per token: embedding rows [V, D] of its feature ids, each weighted 1/sqrt(#features) (and,
@@ -17,11 +17,14 @@ reproduce worker/src/engine/model.rs, batch.rs and trainer.rs:
   loss     = mean intent cross-entropy + entity_loss_weight x mean tag cross-entropy over the
              batch's tokens
   AdamW (lr 0.003, betas 0.9/0.999, eps 1e-8, decoupled weight decay 1e-4 on the matrices and
-  the embedding), batch 64, dropout 0.2 -- the values come from the features file.
+  the embedding), batch 64, dropout 0.2, feature dropout 0.2 -- the values come from the
+  features file.
 
 With dropout and feature dropout off and the same initial parameters (`--init`, refit's initial
-checkpoint from `bench_train features --init`), the ORT peer's per-epoch losses equal refit's to
-5 decimals and PyTorch's to ~1e-3 (torch adds AdamW's eps after the bias correction).
+checkpoint from `bench_train features --init`), every peer's per-epoch losses match refit's to
+~1e-3 (before refit added max pooling, the ORT peer's matched to 5 decimals; torch adds AdamW's
+eps after the bias correction). The peers warn when the features file names a training option
+or a dense parameter they do not implement: refit's model has changed, extend this file.
 
 Frameworks (--frameworks, comma list):
   torch      PyTorch, gather + weighted sum over batches padded to their longest example and
@@ -35,13 +38,14 @@ Frameworks (--frameworks, comma list):
   ort        onnxruntime-training: the `torch` module exported to ONNX (training mode, dropout
              kept), `artifacts.generate_artifacts` with a custom loss block (intent CE + tag CE
              with ignore_index) and onnxblock AdamW (whose weight decay applies to every
-             parameter: ORT's AdamW has no parameter groups), run with `training.api`
+             parameter: ORT's AdamW has no parameter groups), run with `training.api`; the max
+             pooling is exported as GatherElements at the ArgMax (ORT training has no ReduceMax
+             gradient)
 
 In torch, torch_bag and ort the embedding is dense (dense gradient, dense AdamW over all V rows
 each step): what these frameworks do by default. refit updates only the rows a batch uses (lazy
-AdamW), as torch_sparse does. Dense Adam keeps moving a row for many steps after the batch that
-used it, so the dense peers' loss falls somewhat faster per epoch; the throughput is what this
-benchmark compares.
+AdamW), as torch_sparse does. The two take slightly different paths (dense Adam keeps moving a
+row for a few steps after the batch that used it); the throughput is what this benchmark compares.
 
 Each run: a fresh model, 1 warm-up epoch, then --epochs timed epochs; examples/s over the timed
 epochs (batch assembly included, as in refit); --repeats runs, median reported. Threads:
@@ -52,7 +56,6 @@ Prints one JSON object per framework on stdout (progress on stderr).
 """
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
