@@ -8,7 +8,8 @@
 #
 # Environment:
 #   REFIT_ORT_VERSION   wheel version (default 1.32.0)
-#   REFIT_ORT_PACKAGE   onnxruntime (default) or onnxruntime-gpu (CUDA execution provider)
+#   REFIT_ORT_PACKAGE   onnxruntime (default) or onnxruntime-gpu (CUDA execution provider; its newest
+#                       wheel on PyPI is 1.31.1, so set REFIT_ORT_VERSION=1.31.1 with it)
 #   REFIT_ORT_DIR       where to put it (default <repo>/.ort)
 #   PYTHON              the Python whose pip downloads the wheel (default python3)
 set -euo pipefail
