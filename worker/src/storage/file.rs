@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use tokio::fs;
 use tokio::io::{AsyncWriteExt, BufWriter};
 
-use super::StorageError;
+use super::{Download, StorageError, verify_sha256};
 
 /// How much a store reads from a local file at a time.
 pub(crate) const CHUNK_BYTES: usize = 1024 * 1024;
@@ -100,6 +100,25 @@ impl AtomicFile {
 }
 
 impl Staged {
+    /// The end of every store's `get_to_file`: checks the downloaded bytes against the expected
+    /// sha256 (a mismatch leaves no file behind), then publishes them at `dest`.
+    pub async fn verify_and_publish(
+        self,
+        key: &str,
+        expected_sha256: Option<&str>,
+        dest: &Path,
+    ) -> Result<Download, StorageError> {
+        if let Some(expected) = expected_sha256 {
+            verify_sha256(key, expected, &self.sha256)?;
+        }
+        let download = Download {
+            size: self.size,
+            sha256: self.sha256.clone(),
+        };
+        self.publish(dest).await?;
+        Ok(download)
+    }
+
     /// Renames the file to `dest`, replacing what is there.
     pub async fn publish(self, dest: &Path) -> Result<(), StorageError> {
         self.try_publish(dest, false)

@@ -12,7 +12,6 @@ use tokio::io::AsyncReadExt;
 use super::file::{AtomicFile, CHUNK_BYTES, Staged, is_temp_name};
 use super::{
     Download, ObjectMeta, ObjectStore, StorageError, Upload, validate_key, validate_prefix,
-    verify_sha256,
 };
 
 /// Where the store stages writes, under its root. Keys under it are refused.
@@ -211,15 +210,7 @@ impl ObjectStore for LocalStore {
             file.write(&buf[..n]).await?;
         }
         let staged = file.finish().await?;
-        if let Some(expected) = expected_sha256 {
-            verify_sha256(key, expected, &staged.sha256)?;
-        }
-        let download = Download {
-            size: staged.size,
-            sha256: staged.sha256.clone(),
-        };
-        staged.publish(path).await?;
-        Ok(download)
+        staged.verify_and_publish(key, expected_sha256, path).await
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {

@@ -11,7 +11,7 @@ use chrono::Utc;
 use super::file::AtomicFile;
 use super::{
     Download, ObjectMeta, ObjectStore, StorageError, Upload, sha256_hex, validate_key,
-    validate_prefix, verify_sha256,
+    validate_prefix,
 };
 
 /// Objects in a map, with the same key rules and error kinds as the real stores. Unit tests only
@@ -138,15 +138,7 @@ impl ObjectStore for MemoryStore {
         let mut file = AtomicFile::next_to(path).await?;
         file.write(&data).await?;
         let staged = file.finish().await?;
-        if let Some(expected) = expected_sha256 {
-            verify_sha256(key, expected, &staged.sha256)?;
-        }
-        let download = Download {
-            size: staged.size,
-            sha256: staged.sha256.clone(),
-        };
-        staged.publish(path).await?;
-        Ok(download)
+        staged.verify_and_publish(key, expected_sha256, path).await
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {

@@ -49,7 +49,6 @@ use errors::{body_error, map_sdk_error};
 use super::file::AtomicFile;
 use super::{
     Download, ObjectMeta, ObjectStore, StorageError, Upload, validate_key, validate_prefix,
-    verify_sha256,
 };
 
 /// The object store on an S3-compatible server. Cheap to clone (the SDK client is shared).
@@ -428,14 +427,9 @@ impl ObjectStore for S3Store {
                 source: None,
             });
         }
-        if let Some(expected) = expected_sha256 {
-            verify_sha256(key, expected, &staged.sha256)?;
-        }
-        let download = Download {
-            size: staged.size,
-            sha256: staged.sha256.clone(),
-        };
-        staged.publish(path).await?;
+        let download = staged
+            .verify_and_publish(key, expected_sha256, path)
+            .await?;
         debug!(key, size = download.size, path = %path.display(), "downloaded object");
         Ok(download)
     }
