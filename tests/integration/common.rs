@@ -4,6 +4,8 @@
 //! module that tests that service.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// An environment variable, or a default.
@@ -23,4 +25,21 @@ pub fn unique(prefix: &str) -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     format!("{prefix}-{}-{n}-{nanos}", std::process::id())
+}
+
+/// `NAME=value` lines (an `export ` prefix, comments and blank lines allowed); empty if missing.
+pub fn read_env_file(path: &Path) -> HashMap<String, String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return HashMap::new();
+    };
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter_map(|line| {
+            let line = line.strip_prefix("export ").unwrap_or(line);
+            let (name, value) = line.split_once('=')?;
+            let value = value.trim().trim_matches('"').trim_matches('\'');
+            Some((name.trim().to_owned(), value.to_owned()))
+        })
+        .collect()
 }

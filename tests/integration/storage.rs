@@ -11,7 +11,6 @@
 //! run in parallel on one bucket. A server that does not answer fails the test with a message
 //! saying how to start it.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -45,7 +44,7 @@ fn settings() -> Settings {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo.join(".refit-local/garage"));
     let credentials_file = dir.join("credentials.env");
-    let file = read_env_file(&credentials_file);
+    let file = crate::common::read_env_file(&credentials_file);
     let get = |name: &str| -> Option<String> {
         let from_file = file
             .get(&format!("REFIT_S3_{name}"))
@@ -65,23 +64,6 @@ fn settings() -> Settings {
         secret_access_key: get("SECRET_ACCESS_KEY"),
         credentials_file,
     }
-}
-
-/// `NAME=value` lines (an `export ` prefix, comments and blank lines allowed); empty if missing.
-fn read_env_file(path: &Path) -> HashMap<String, String> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return HashMap::new();
-    };
-    text.lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .filter_map(|line| {
-            let line = line.strip_prefix("export ").unwrap_or(line);
-            let (name, value) = line.split_once('=')?;
-            let value = value.trim().trim_matches('"').trim_matches('\'');
-            Some((name.trim().to_owned(), value.to_owned()))
-        })
-        .collect()
 }
 
 fn config() -> Result<S3Config> {

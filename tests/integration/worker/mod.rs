@@ -88,19 +88,7 @@ fn garage_env() -> HashMap<String, String> {
 
 /// `NAME=value` lines of `<dir>/credentials.env` (written by `deploy/s3-server.sh`).
 fn credentials_in(dir: &Path) -> HashMap<String, String> {
-    let Ok(text) = std::fs::read_to_string(dir.join("credentials.env")) else {
-        return HashMap::new();
-    };
-    text.lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .filter_map(|line| {
-            let line = line.strip_prefix("export ").unwrap_or(line);
-            let (name, value) = line.split_once('=')?;
-            let value = value.trim().trim_matches('"').trim_matches('\'');
-            Some((name.trim().to_owned(), value.to_owned()))
-        })
-        .collect()
+    crate::common::read_env_file(&dir.join("credentials.env"))
 }
 
 fn s3_config() -> Result<S3Config> {
