@@ -4,8 +4,7 @@ use std::path::Path;
 
 use refit_proto::ArchSpec;
 use refit_proto::data::load_file;
-use refit_worker::engine::metrics::{Prediction, evaluate};
-use refit_worker::engine::predict::Predictor;
+use refit_worker::engine::predict::evaluate_model;
 use refit_worker::engine::trainer::{NluModel, Quiet, TrainOptions};
 
 fn main() -> anyhow::Result<()> {
@@ -48,18 +47,7 @@ fn main() -> anyhow::Result<()> {
     let mut model = NluModel::new(arch, &train, seed)?;
     let report = model.train(&train, epochs, &opts, &mut Quiet)?;
     println!("{report:?}");
-    let mut predictor = Predictor::for_model(&model, &opts.runtime)?;
-    let texts: Vec<&str> = test.examples.iter().map(|e| e.text.as_str()).collect();
-    let parses = predictor.parse(&texts)?;
-    let preds: Vec<Prediction> = parses
-        .into_iter()
-        .map(|p| Prediction {
-            intent: p.intent.name,
-            confidence: p.intent.confidence,
-            entities: p.entities,
-        })
-        .collect();
-    let eval = evaluate(&test.examples, &preds);
+    let eval = evaluate_model(&model, &test, &opts.runtime)?;
     println!("{eval}");
     println!("{:?}", eval.to_metrics());
     Ok(())
