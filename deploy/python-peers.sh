@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Creates the git-ignored virtual environment `<repo>/.venv` holding the Python peers refit's tests
 # compare against: `onnx` (onnx.checker validates the ONNX files refit writes) and the stock
-# `onnxruntime` wheel (predictions must match it), plus numpy. Prints the venv's python path.
+# `onnxruntime` wheel (predictions must match it), plus numpy; and `playwright`, whose sync API
+# tools/dashboard_check.py drives the system Chromium with (deploy/chromium.sh installs that; the
+# wheel's own browser download, `playwright install`, is never run). Prints the venv's python path.
 # Idempotent: a stamp file records a hash of the pinned requirements; when it matches, a second
 # run returns in well under a second without touching pip.
 #
@@ -22,9 +24,11 @@ ort_version="${REFIT_ORT_VERSION:-1.32.0}"
 
 # Pinned so every machine checks against the same onnx.checker and runtime. onnx 1.23 knows
 # IR version 9 / opset 19, the ones refit writes (worker/src/engine/onnx.rs), and later ones.
+# playwright 1.65.2 drives Debian's chromium package (tools/dashboard_check.py).
 requirements="onnx==1.23.2
 onnxruntime==$ort_version
-numpy==2.4.6"
+numpy==2.4.6
+playwright==1.65.2"
 
 say() { echo "python-peers: $*" >&2; }
 
@@ -52,7 +56,7 @@ trap 'rm -f "$req_file"' EXIT
 printf '%s\n' "$requirements" > "$req_file"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --only-binary=:all: -r "$req_file" >&2
 # Fail here, not in a test, when the install is unusable.
-"$venv/bin/python" -c 'import onnx, onnx.checker, onnxruntime, numpy' >&2
+"$venv/bin/python" -c 'import onnx, onnx.checker, onnxruntime, numpy, playwright.sync_api' >&2
 printf '%s\n' "$want" > "$stamp"
 say "ready: $venv/bin/python"
 echo "$venv/bin/python"

@@ -21,6 +21,8 @@ enum Source {
     Jobs,
     /// The coordinator's events queue (declares it).
     Events,
+    /// The coordinator's copy of dead-lettered jobs (declares it with the events queue).
+    DeadLetters,
     /// A fresh exclusive control queue per connection (declares it).
     Control,
 }
@@ -63,6 +65,12 @@ impl Consumer {
         Self::start(broker, Source::Events, prefetch.max(1)).await
     }
 
+    /// Consumes `<prefix>.jobs.dead.coordinator`: a copy of every dead-lettered job, so the
+    /// coordinator learns which jobs died without taking them from `<prefix>.jobs.dead`.
+    pub async fn dead_letters(broker: &Broker) -> Result<Self, QueueError> {
+        Self::start(broker, Source::DeadLetters, 16).await
+    }
+
     /// Consumes a new exclusive, auto-delete queue bound to `<prefix>.control`: every control
     /// message published from now on, for as long as this consumer lives.
     pub async fn control(broker: &Broker) -> Result<Self, QueueError> {
@@ -74,6 +82,7 @@ impl Consumer {
         let queue = match source {
             Source::Jobs => topology.job_queue(),
             Source::Events => topology.coordinator_events_queue(),
+            Source::DeadLetters => topology.coordinator_dead_queue(),
             Source::Control => String::new(),
         };
         let mut consumer = Self {
@@ -179,7 +188,9 @@ impl Consumer {
         let channel = self.broker.channel().await?;
         match self.source {
             Source::Jobs => self.topology.declare(&channel).await?,
-            Source::Events => self.topology.declare_coordinator(&channel).await?,
+            Source::Events | Source::DeadLetters => {
+                self.topology.declare_coordinator(&channel).await?;
+            }
             Source::Control => self.queue = self.topology.declare_control_queue(&channel).await?,
         }
         channel

@@ -8,6 +8,7 @@
 //! | `refit.jobs.<pool>` | durable quorum queue | a pool's jobs; delivery limit, dead-lettered to `refit.jobs.dlx` |
 //! | `refit.jobs.dlx` | fanout exchange | where the job queues dead-letter to |
 //! | `refit.jobs.dead` | durable quorum queue | jobs rejected or past the delivery limit, for an operator |
+//! | `refit.jobs.dead.coordinator` | durable quorum queue | the coordinator's copy of every dead-lettered job |
 //! | `refit.events` | topic exchange | worker events, routing key `job.<job id>.<event>` |
 //! | `refit.events.coordinator` | durable quorum queue | every event (`#`), for the coordinator |
 //! | `refit.control` | fanout exchange | control messages (cancel) to every worker |
@@ -99,6 +100,11 @@ impl Topology {
         format!("{}.events.coordinator", self.prefix)
     }
 
+    /// `<prefix>.jobs.dead.coordinator`: the coordinator's copy of every dead-lettered job.
+    pub fn coordinator_dead_queue(&self) -> String {
+        format!("{}.jobs.dead.coordinator", self.prefix)
+    }
+
     /// `<prefix>.control`: the fanout exchange for control messages.
     pub fn control_exchange(&self) -> String {
         format!("{}.control", self.prefix)
@@ -162,13 +168,16 @@ impl Topology {
         bind(channel, &queue, &self.jobs_exchange(), pool).await
     }
 
-    /// Declares the coordinator's durable events queue, bound to every event (`#`). Only the
-    /// coordinator calls it: events published before it ever ran are unroutable.
+    /// Declares the coordinator's durable queues: its events queue, bound to every event (`#`),
+    /// and its copy of the dead-letter exchange.
     pub async fn declare_coordinator(&self, channel: &Channel) -> Result<(), QueueError> {
         self.declare_exchanges(channel).await?;
         let queue = self.coordinator_events_queue();
         declare_queue(channel, &queue, quorum_arguments()).await?;
-        bind(channel, &queue, &self.events_exchange(), "#").await
+        bind(channel, &queue, &self.events_exchange(), "#").await?;
+        let dead = self.coordinator_dead_queue();
+        declare_queue(channel, &dead, quorum_arguments()).await?;
+        bind(channel, &dead, &self.dead_letter_exchange(), "").await
     }
 
     /// Declares a server-named, exclusive, auto-delete queue bound to the control exchange and

@@ -1,0 +1,121 @@
+//! The HTTP API (axum): routes, bearer-token auth, request logging. See the table in the crate
+//! docs and `coordinator/openapi.yaml`.
+//!
+//! Layout:
+//! - `error`: [`ApiError`], the one place errors become status codes and JSON
+//! - `jobs`: datasets, jobs, the decision
+//! - `models`: models, versions, aliases
+//! - `overview`: the dashboard's data, `/metrics`, `/healthz`, the dashboard page
+
+mod error;
+mod jobs;
+mod models;
+mod overview;
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use tracing::info;
+
+pub use error::ApiError;
+
+use crate::service::App;
+
+/// The API description, served at `/openapi.yaml`.
+pub const OPENAPI: &str = include_str!("../../openapi.yaml");
+
+/// Every route of the coordinator.
+pub fn router(app: App) -> Router {
+    // A dataset upload carries the whole file; leave room for it (and nothing much bigger).
+    let body_limit = usize::try_from(app.config.coordinator.max_dataset_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(64 << 10);
+    let v1 = Router::new()
+        .route("/datasets", post(jobs::upload_dataset))
+        .route("/jobs", post(jobs::submit).get(jobs::list))
+        .route("/jobs/{id}", get(jobs::get_one))
+        .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/check", post(jobs::check))
+        .route("/models", get(models::list))
+        .route("/models/{name}/versions", get(models::versions))
+        .route("/models/{name}/aliases/{alias}", put(models::set_alias))
+        .route("/overview", get(overview::overview))
+        .route_layer(middleware::from_fn_with_state(app.clone(), auth))
+        .layer(DefaultBodyLimit::max(body_limit));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/", get(overview::dashboard))
+        .route("/healthz", get(overview::healthz))
+        .route("/metrics", get(overview::metrics))
+        .route("/openapi.yaml", get(openapi))
+        .fallback(not_found)
+        .layer(middleware::from_fn(log_request))
+        .with_state(app)
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route; see /openapi.yaml")
+}
+
+/// Compares in time independent of where the first difference is.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(app): State<App>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(token) if same_secret(token.as_bytes(), app.token.expose().as_bytes()) => {
+            next.run(request).await
+        }
+        _ => ApiError::unauthorized().into_response(),
+    }
+}
+
+/// One log line per request: method, path (never the query or headers), status, time.
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status();
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if path == "/healthz" || path == "/metrics" || path == "/v1/overview" {
+        tracing::debug!(%method, %path, status = status.as_u16(), ms, "request");
+    } else if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::warn!(%method, %path, status = status.as_u16(), ms, "request");
+    } else {
+        info!(%method, %path, status = status.as_u16(), ms, "request");
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_exactly() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+        assert!(!same_secret(b"", b"a"));
+    }
+}

@@ -1,0 +1,89 @@
+//! `refit-coordinator`: the HTTP API, job store, publisher, event consumer and scheduler.
+//!
+//! A thin main: parse the arguments, set up tracing, load the config, cancel one root token on
+//! SIGINT or SIGTERM, and hand over to [`refit_coordinator::service::run`]. Exit code 0 after a
+//! graceful stop, 1 on a runtime error, 2 on bad arguments or config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use refit_coordinator::config::CoordinatorConfig;
+use refit_worker::telemetry::{self, LogFormat};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// Serves refit's API and dashboard, publishes training jobs and records what workers report.
+#[derive(Debug, Parser)]
+#[command(
+    name = "refit-coordinator",
+    version,
+    after_help = "Settings come from built-in defaults, then --config, then REFIT__<SECTION>__<KEY> \
+environment variables (e.g. REFIT__COORDINATOR__TOKEN, REFIT__S3__SECRET_ACCESS_KEY, \
+REFIT__QUEUE__URL). See deploy/coordinator.example.toml and deploy/README.md (\"Coordinator\")."
+)]
+struct Args {
+    /// TOML config file.
+    #[arg(long, value_name = "PATH", env = "REFIT_COORDINATOR_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Log line format (the filter comes from RUST_LOG).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    telemetry::init(args.log_format);
+    let config = match CoordinatorConfig::load(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            error!(%err, "cannot start");
+            eprintln!("refit-coordinator: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("refit-coordinator: failed to start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        refit_coordinator::service::run(config, shutdown).await
+    });
+    match result {
+        Ok(()) => {
+            info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            error!(error = %format!("{err:#}"), "coordinator failed");
+            eprintln!("refit-coordinator: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels `token` on the first SIGINT or SIGTERM.
+async fn watch_signals(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: stopping"),
+        _ = int.recv() => info!("SIGINT: stopping"),
+    }
+    token.cancel();
+}

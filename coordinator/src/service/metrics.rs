@@ -1,0 +1,296 @@
+//! Prometheus metrics (`GET /metrics`, text format 0.0.4, clean under `promtool check metrics`).
+//!
+//! Counters and histograms are updated as things happen; gauges that describe the present (queue
+//! depths, jobs by state, heartbeat and checkpoint ages) are recomputed on every scrape.
+
+use chrono::Utc;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use refit_proto::decision::DecisionReport;
+
+use super::App;
+use crate::store::JobFilter;
+use crate::wire::JobState;
+
+/// The coordinator's metrics.
+pub struct Metrics {
+    registry: Registry,
+    decisions: IntCounterVec,
+    pub(crate) events: IntCounterVec,
+    pub(crate) job_duration: HistogramVec,
+    pub(crate) phase_duration: HistogramVec,
+    pub(crate) dead_lettered: IntCounter,
+    pub(crate) undecodable_messages: IntCounter,
+    pub(crate) schedule_runs: IntCounterVec,
+    pub(crate) outbox_jobs: IntGauge,
+    scrape: tokio::sync::Mutex<()>,
+    queue_ready: prometheus::IntGaugeVec,
+    queue_unacked: prometheus::IntGaugeVec,
+    queue_consumers: prometheus::IntGaugeVec,
+    broker_up: IntGauge,
+    jobs: prometheus::IntGaugeVec,
+    heartbeat_age: prometheus::GaugeVec,
+    checkpoint_age: prometheus::GaugeVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::IntGaugeVec {
+    let g = prometheus::IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+fn float_gauge(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::GaugeVec {
+    let g = prometheus::GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid metric");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique metric");
+    h
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let single = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let dead_lettered = single(
+            "refit_jobs_dead_lettered_total",
+            "Job messages dead-lettered (rejected by a worker or past the delivery limit).",
+        );
+        let undecodable_messages = single(
+            "refit_undecodable_messages_total",
+            "Messages on the events queue that could not be decoded and were dropped.",
+        );
+        let outbox_jobs = IntGauge::new(
+            "refit_outbox_jobs",
+            "Stored jobs not yet published to the broker.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(outbox_jobs.clone()))
+            .expect("unique metric");
+        let broker_up = IntGauge::new(
+            "refit_broker_up",
+            "1 when the broker answered the last scrape's queue queries, else 0.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(broker_up.clone()))
+            .expect("unique metric");
+        Self {
+            decisions: counter(
+                &r,
+                "refit_decisions_total",
+                "Fine-tune decisions by outcome and reason code (reason none: a plain fine-tune).",
+                &["outcome", "reason"],
+            ),
+            events: counter(
+                &r,
+                "refit_events_total",
+                "Worker events recorded, by type.",
+                &["type"],
+            ),
+            job_duration: histogram(
+                &r,
+                "refit_job_duration_seconds",
+                "Time from submission to a final state, by mode and final state.",
+                &["mode", "state"],
+                vec![
+                    5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
+                    14400.0,
+                ],
+            ),
+            phase_duration: histogram(
+                &r,
+                "refit_job_phase_duration_seconds",
+                "Time a succeeded job spent per phase (download, train, evaluate, export, upload).",
+                &["phase"],
+                vec![
+                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+                ],
+            ),
+            schedule_runs: counter(
+                &r,
+                "refit_schedule_runs_total",
+                "Scheduled retraining runs by schedule and outcome.",
+                &["schedule", "outcome"],
+            ),
+            queue_ready: gauge(
+                &r,
+                "refit_queue_messages_ready",
+                "Messages waiting for a consumer, per queue.",
+                &["queue"],
+            ),
+            queue_unacked: gauge(
+                &r,
+                "refit_queue_messages_unacked",
+                "Messages delivered and not yet acknowledged, per queue (management API).",
+                &["queue"],
+            ),
+            queue_consumers: gauge(
+                &r,
+                "refit_queue_consumers",
+                "Consumers attached, per queue.",
+                &["queue"],
+            ),
+            jobs: gauge(
+                &r,
+                "refit_jobs",
+                "Jobs in the job store by state.",
+                &["state"],
+            ),
+            heartbeat_age: float_gauge(
+                &r,
+                "refit_worker_heartbeat_age_seconds",
+                "Seconds since each worker's latest event (workers seen in the last hour).",
+                &["worker"],
+            ),
+            checkpoint_age: float_gauge(
+                &r,
+                "refit_job_checkpoint_age_seconds",
+                "Seconds since each running job's latest resume checkpoint (since its start \
+                 when it has none).",
+                &["job_id", "model"],
+            ),
+            dead_lettered,
+            undecodable_messages,
+            outbox_jobs,
+            broker_up,
+            scrape: tokio::sync::Mutex::new(()),
+            registry: r,
+        }
+    }
+
+    /// Counts a decision.
+    pub fn record_decision(&self, report: &DecisionReport) {
+        let outcome = report.decision.as_str();
+        let codes = report.codes();
+        if codes.is_empty() {
+            self.decisions.with_label_values(&[outcome, "none"]).inc();
+        }
+        for code in codes {
+            self.decisions.with_label_values(&[outcome, code]).inc();
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Recomputes the present-state gauges and renders every metric.
+pub async fn render(app: &App) -> String {
+    let m = &app.metrics;
+    let _one_scrape_at_a_time = m.scrape.lock().await;
+
+    m.jobs.reset();
+    if let Ok(counts) = app.store.count_by_state().await {
+        for (state, n) in counts {
+            m.jobs
+                .with_label_values(&[state.as_str()])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    let pools = vec![app.config.queue.pool.clone()];
+    m.queue_ready.reset();
+    m.queue_unacked.reset();
+    m.queue_consumers.reset();
+    match app.queues.snapshot(app, &pools).await {
+        Ok(queues) => {
+            m.broker_up.set(1);
+            for q in queues {
+                let label = [q.name.as_str()];
+                m.queue_ready
+                    .with_label_values(&label)
+                    .set(i64::try_from(q.ready).unwrap_or(i64::MAX));
+                m.queue_consumers
+                    .with_label_values(&label)
+                    .set(i64::try_from(q.consumers).unwrap_or(i64::MAX));
+                if let Some(unacked) = q.unacked {
+                    m.queue_unacked
+                        .with_label_values(&label)
+                        .set(i64::try_from(unacked).unwrap_or(i64::MAX));
+                }
+            }
+        }
+        Err(_) => m.broker_up.set(0),
+    }
+
+    m.heartbeat_age.reset();
+    let stall = app.config.coordinator.stall_after_secs;
+    if let Ok(workers) = app
+        .store
+        .workers(Utc::now() - chrono::Duration::hours(1), stall)
+        .await
+    {
+        for w in workers {
+            m.heartbeat_age
+                .with_label_values(&[w.id.as_str()])
+                .set(w.heartbeat_age_secs);
+        }
+    }
+
+    m.checkpoint_age.reset();
+    for state in [JobState::Running, JobState::Stalled] {
+        let filter = JobFilter {
+            state: Some(state),
+            limit: 500,
+            ..JobFilter::default()
+        };
+        let Ok(jobs) = app.store.list_jobs(filter).await else {
+            continue;
+        };
+        let now = Utc::now();
+        for job in jobs {
+            let Some(since) = job.last_checkpoint_at.or(job.started_at) else {
+                continue;
+            };
+            let age = (now - since).num_milliseconds().max(0) as f64 / 1000.0;
+            m.checkpoint_age
+                .with_label_values(&[job.id.as_str(), job.model.as_str()])
+                .set(age);
+        }
+    }
+
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&m.registry.gather(), &mut out)
+        .expect("the text encoder writes to memory");
+    String::from_utf8(out).expect("Prometheus text is UTF-8")
+}

@@ -1,0 +1,119 @@
+//! The coordinator service: one [`App`] shared by the HTTP API and the background tasks.
+//!
+//! Tasks, all stopped by the root cancellation token:
+//! - `outbox`: publishes stored jobs (and cancels) with confirms, retrying until the broker takes
+//!   them; the only place jobs are published, so a job is never published twice by two paths
+//! - `consumer`: records worker events and dead-lettered jobs; marks silent jobs `stalled`
+//! - `scheduler`: `[[schedule]]` retraining
+//! - the HTTP server (`crate::api`)
+
+mod consumer;
+pub mod fault;
+pub(crate) mod metrics;
+mod outbox;
+pub(crate) mod queues;
+mod scheduler;
+mod submit;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use refit_worker::queue::Broker;
+use refit_worker::storage::{ObjectStore, S3Store, Secret};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use submit::{SubmitError, dataset_ref};
+
+use crate::config::CoordinatorConfig;
+use crate::store::Store;
+
+/// Everything the API and the tasks share. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    /// The settings.
+    pub config: Arc<CoordinatorConfig>,
+    /// The job store.
+    pub store: Store,
+    /// Datasets and models.
+    pub objects: Arc<dyn ObjectStore>,
+    /// The broker connection (reconnects by itself).
+    pub broker: Broker,
+    /// Wakes the outbox publisher.
+    pub outbox_wake: Arc<Notify>,
+    /// Prometheus metrics.
+    pub metrics: Arc<metrics::Metrics>,
+    /// Queue depths, from the broker.
+    pub queues: Arc<queues::QueueStats>,
+    /// The API token.
+    pub token: Arc<Secret>,
+}
+
+impl App {
+    /// Builds the app from a validated config: opens the job store, the object store and the
+    /// broker connection (which keeps trying in the background if the broker is down).
+    pub async fn new(config: CoordinatorConfig) -> anyhow::Result<Self> {
+        let token = config.token()?;
+        let store = Store::open(&config.coordinator.database).with_context(|| {
+            format!(
+                "cannot open the job store {}",
+                config.coordinator.database.display()
+            )
+        })?;
+        let objects: Arc<dyn ObjectStore> =
+            Arc::new(S3Store::new(config.s3.clone()).context("cannot set up the object store")?);
+        let broker = Broker::new(&config.queue).context("cannot set up the broker connection")?;
+        let queues = Arc::new(queues::QueueStats::new(&config));
+        Ok(Self {
+            config: Arc::new(config),
+            store,
+            objects,
+            broker,
+            outbox_wake: Arc::new(Notify::new()),
+            metrics: Arc::new(metrics::Metrics::new()),
+            queues,
+            token: Arc::new(token),
+        })
+    }
+}
+
+/// Runs the coordinator until `shutdown` is cancelled: the background tasks and the HTTP API on
+/// `coordinator.listen`.
+pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listen = config.coordinator.listen;
+    let deadline = Duration::from_secs(config.coordinator.shutdown_deadline_secs);
+    let app = App::new(config).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr().unwrap_or(listen);
+    info!(%local, "coordinator listening");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(outbox::run(app.clone(), shutdown.clone()));
+    tasks.spawn(consumer::run_events(app.clone(), shutdown.clone()));
+    tasks.spawn(consumer::run_dead_letters(app.clone(), shutdown.clone()));
+    tasks.spawn(consumer::run_stall_sweep(app.clone(), shutdown.clone()));
+    tasks.spawn(scheduler::run(app.clone(), shutdown.clone()));
+
+    let router = crate::api::router(app.clone());
+    let server_shutdown = shutdown.clone();
+    let server = axum::serve(listener, router)
+        .with_graceful_shutdown(async move { server_shutdown.cancelled().await });
+    let result = server.await.context("the HTTP server failed");
+    shutdown.cancel();
+    // Let the tasks finish their current step (a publish, an event) within the deadline.
+    if tokio::time::timeout(deadline, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        warn!("background tasks did not stop within the deadline");
+        tasks.abort_all();
+    }
+    app.broker.close().await;
+    result
+}

@@ -1,0 +1,109 @@
+//! The outbox publisher: the one place jobs and cancels reach the broker.
+//!
+//! A submitted job is first stored (`published_at` NULL), then published here with a confirm,
+//! then marked published. A crash before the confirm leaves it in the outbox, and the next run
+//! publishes it; a crash after the confirm but before the mark could publish it a second time,
+//! which the workers absorb (a job whose version already has a manifest is acked, not re-run).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use refit_proto::{Control, JobId};
+use refit_worker::queue::{Publisher, QueueError};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::App;
+
+/// Jobs published per pass.
+const BATCH: u32 = 100;
+
+struct Link {
+    publisher: Publisher,
+    /// Pools whose job queue has been declared on this connection.
+    pools: HashSet<String>,
+}
+
+/// Publishes the outbox until `shutdown`; woken by `app.outbox_wake` and every
+/// `outbox_interval_ms`.
+pub(super) async fn run(app: App, shutdown: CancellationToken) {
+    let interval = Duration::from_millis(app.config.coordinator.outbox_interval_ms);
+    let mut link: Option<Link> = None;
+    let mut failures: u32 = 0;
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        match drain(&app, &mut link).await {
+            Ok(()) => failures = 0,
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                // Log the first failure and then every tenth, not every tick of an outage.
+                if failures == 1 || failures.is_multiple_of(10) {
+                    warn!(%error, failures, "outbox: cannot publish; will retry");
+                }
+                link = None;
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = app.outbox_wake.notified() => {}
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+    debug!("outbox stopped");
+}
+
+async fn connect(app: &App) -> Result<Link, QueueError> {
+    let channel = app.broker.channel().await?;
+    let topology = app.broker.topology();
+    topology.declare(&channel).await?;
+    topology.declare_coordinator(&channel).await?;
+    let publisher = Publisher::new(&app.broker).await?;
+    Ok(Link {
+        publisher,
+        pools: HashSet::from([topology.pool().to_owned()]),
+    })
+}
+
+async fn drain(app: &App, link: &mut Option<Link>) -> anyhow::Result<()> {
+    let jobs = app.store.outbox(BATCH).await?;
+    let cancels = app.store.pending_cancels().await?;
+    app.metrics.outbox_jobs.set(jobs.len() as i64);
+    if jobs.is_empty() && cancels.is_empty() {
+        return Ok(());
+    }
+    if link.is_none() {
+        *link = Some(connect(app).await?);
+    }
+    let Link { publisher, pools } = link.as_mut().expect("connected above");
+    for (id, pool, spec) in jobs {
+        if !pools.contains(&pool) {
+            let channel = app.broker.channel().await?;
+            app.broker
+                .topology()
+                .declare_job_queue(&channel, &pool)
+                .await?;
+            pools.insert(pool.clone());
+        }
+        if let Err(error) = publisher.publish_job_to(&pool, &spec).await {
+            app.store.publish_failed(id.clone()).await?;
+            return Err(error.into());
+        }
+        app.store.mark_published(id.clone()).await?;
+        info!(job_id = %id, model = %spec.model, version = %spec.output_version, %pool, "job published");
+    }
+    for id in cancels {
+        let job_id: JobId = id
+            .parse()
+            .map_err(|e| anyhow::anyhow!("stored job id {id:?}: {e}"))?;
+        publisher
+            .publish_control(&Control::Cancel { job_id })
+            .await?;
+        app.store.set_cancel_published(id.clone(), true).await?;
+        info!(job_id = %id, "cancel published");
+    }
+    let left = app.store.outbox(BATCH).await?.len();
+    app.metrics.outbox_jobs.set(left as i64);
+    Ok(())
+}

@@ -1,0 +1,327 @@
+//! Submitting a job: resolve the base version, read the dataset, decide (DESIGN §4), store the
+//! job in the outbox. Shared by `POST /v1/jobs`, `POST /v1/check` and the scheduler.
+
+use chrono::Utc;
+use refit_proto::data::{Format, TrainingData, parse_bytes};
+use refit_proto::decision::{Decision, DecisionInput, DecisionReport, Policy, decide};
+use refit_proto::{
+    Alias, ArchSpec, Budget, DatasetRef, Hyperparams, JobId, JobSpec, Manifest, Mode, ModelName,
+    Version, keys,
+};
+use refit_worker::storage::{StorageError, validate_key};
+use refit_worker::version::{VersionError, list_versions, read_manifest};
+
+use super::App;
+use crate::config::dataset_extension;
+use crate::store::{NewJob, StoreError, StoredJob};
+use crate::wire::{DatasetBody, SubmitRequest};
+
+/// Why a submission was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The request is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The dataset cannot be used (missing, too big, does not parse, no examples).
+    #[error("{0}")]
+    Dataset(String),
+    /// The named base version or alias does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The decision is reject.
+    #[error("not fine-tunable: {}", .0.codes().join(", "))]
+    Rejected(Box<DecisionReport>),
+    /// The object store failed; worth retrying.
+    #[error("object store: {0}")]
+    Storage(#[from] StorageError),
+    /// The job store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<VersionError> for SubmitError {
+    fn from(e: VersionError) -> Self {
+        match e {
+            VersionError::Storage(e) => SubmitError::Storage(e),
+            VersionError::NotFound { .. } => SubmitError::NotFound(e.to_string()),
+            other => SubmitError::Dataset(format!("the base version cannot be read: {other}")),
+        }
+    }
+}
+
+/// What a submission was decided on.
+pub struct Evaluated {
+    /// The model.
+    pub model: ModelName,
+    /// The decision.
+    pub report: DecisionReport,
+    /// The base version's manifest, if the model has one.
+    pub base: Option<Manifest>,
+    /// The newest stored version.
+    pub latest: Option<Version>,
+    /// The training data.
+    pub dataset: DatasetRef,
+    /// The held-out data.
+    pub eval_dataset: Option<DatasetRef>,
+}
+
+fn invalid(message: impl Into<String>) -> SubmitError {
+    SubmitError::Invalid(message.into())
+}
+
+/// Checks a dataset reference: a content-addressed key whose hash is the given sha256.
+pub fn dataset_ref(body: &DatasetBody) -> Result<DatasetRef, SubmitError> {
+    validate_key(&body.key).map_err(|e| invalid(format!("dataset key: {e}")))?;
+    let ext = dataset_extension(&body.key).map_err(invalid)?;
+    let expected = keys::dataset(&body.sha256, ext).map_err(|e| invalid(e.to_string()))?;
+    if expected != body.key {
+        return Err(invalid(format!(
+            "dataset key {:?} is not the content address of sha256 {}: expected {expected:?} \
+             (upload it with POST /v1/datasets or `refit submit --data FILE`)",
+            body.key, body.sha256
+        )));
+    }
+    Ok(DatasetRef {
+        key: body.key.clone(),
+        sha256: body.sha256.clone(),
+    })
+}
+
+impl App {
+    /// Reads and parses a stored dataset, checking its size and sha256.
+    pub async fn load_dataset(&self, dataset: &DatasetRef) -> Result<TrainingData, SubmitError> {
+        let max = self.config.coordinator.max_dataset_bytes;
+        let meta = self.objects.head(&dataset.key).await?.ok_or_else(|| {
+            SubmitError::Dataset(format!(
+                "dataset {} does not exist in the object store; upload it first",
+                dataset.key
+            ))
+        })?;
+        if meta.size > max {
+            return Err(SubmitError::Dataset(format!(
+                "dataset {} is {} bytes; the limit is {max} (coordinator.max_dataset_bytes)",
+                dataset.key, meta.size
+            )));
+        }
+        let bytes = self
+            .objects
+            .get_verified(&dataset.key, &dataset.sha256)
+            .await?;
+        let format = Format::from_path(std::path::Path::new(&dataset.key))
+            .ok_or_else(|| invalid("unknown dataset format"))?;
+        let data = parse_bytes(&bytes, &dataset.key, format)
+            .map_err(|e| SubmitError::Dataset(format!("dataset does not parse: {e}")))?;
+        if data.is_empty() {
+            return Err(SubmitError::Dataset(format!(
+                "dataset {} holds no training examples",
+                dataset.key
+            )));
+        }
+        Ok(data)
+    }
+
+    /// The version `base` names (`v3`, `3` or an alias), or the newest stored one.
+    async fn resolve_base(
+        &self,
+        model: &ModelName,
+        base: Option<&str>,
+        versions: &[Version],
+    ) -> Result<Option<Version>, SubmitError> {
+        let Some(base) = base.map(str::trim).filter(|b| !b.is_empty()) else {
+            return Ok(versions.last().copied());
+        };
+        let version = match base.parse::<Version>() {
+            Ok(version) => version,
+            Err(_) => {
+                let alias = Alias::new(base).map_err(|e| invalid(format!("base: {e}")))?;
+                self.read_alias(model, &alias).await?.ok_or_else(|| {
+                    SubmitError::NotFound(format!("model {model} has no alias {alias}"))
+                })?
+            }
+        };
+        if !versions.contains(&version) {
+            return Err(SubmitError::NotFound(format!(
+                "model {model} has no stored version {version}"
+            )));
+        }
+        Ok(Some(version))
+    }
+
+    /// The version an alias points at.
+    pub async fn read_alias(
+        &self,
+        model: &ModelName,
+        alias: &Alias,
+    ) -> Result<Option<Version>, SubmitError> {
+        match self.objects.get(&keys::alias(model, alias)).await {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                text.trim().parse().map(Some).map_err(|_| {
+                    SubmitError::Dataset(format!(
+                        "alias {alias} of {model} holds {:?}, not a version",
+                        text.chars().take(20).collect::<String>()
+                    ))
+                })
+            }
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Decides what a submission would do, without storing anything.
+    pub async fn evaluate(
+        &self,
+        request: &SubmitRequest,
+        force_scratch: bool,
+    ) -> Result<Evaluated, SubmitError> {
+        let model =
+            ModelName::new(request.model.clone()).map_err(|e| invalid(format!("model: {e}")))?;
+        let dataset = dataset_ref(
+            request
+                .dataset
+                .as_ref()
+                .ok_or_else(|| invalid("dataset is required"))?,
+        )?;
+        let eval_dataset = request.eval_dataset.as_ref().map(dataset_ref).transpose()?;
+        if let Some(f) = request.epoch_fraction
+            && !(f > 0.0 && f <= 1.0)
+        {
+            return Err(invalid("epoch_fraction must be above 0 and at most 1"));
+        }
+        if request.epochs == Some(0) || request.batch_size == Some(0) {
+            return Err(invalid("epochs and batch_size must be at least 1"));
+        }
+        if let Some(lr) = request.learning_rate
+            && !(lr > 0.0 && lr.is_finite())
+        {
+            return Err(invalid("learning_rate must be a positive number"));
+        }
+        if let Some(pool) = &request.pool {
+            let ok = !pool.is_empty()
+                && pool.len() <= 64
+                && pool != "dead"
+                && pool
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !ok {
+                return Err(invalid(format!(
+                    "pool {pool:?}: use letters, digits, '-', '_' and '.' (not \"dead\")"
+                )));
+            }
+        }
+
+        let versions = list_versions(self.objects.as_ref(), &model).await?;
+        let base_version = self
+            .resolve_base(&model, request.base.as_deref(), &versions)
+            .await?;
+        let base = match base_version {
+            Some(v) => Some(read_manifest(self.objects.as_ref(), &model, v).await?),
+            None => None,
+        };
+        let data = self.load_dataset(&dataset).await?;
+        if let Some(eval) = &eval_dataset {
+            self.load_dataset(eval).await?;
+        }
+        let requested = request.mode.unwrap_or(Mode::Auto);
+        let (mode, policy) = if force_scratch && requested != Mode::Finetune {
+            (Mode::Scratch, Policy::Scratch)
+        } else {
+            (requested, request.policy.unwrap_or(Policy::Reject))
+        };
+        let arch = base
+            .as_ref()
+            .map(|b| b.arch.clone())
+            .unwrap_or_else(ArchSpec::default);
+        let report = decide(&DecisionInput {
+            mode,
+            policy,
+            base: base.as_ref(),
+            data: &data,
+            arch: &arch,
+            base_vocabulary: None,
+        });
+        self.metrics.record_decision(&report);
+        Ok(Evaluated {
+            model,
+            report,
+            base,
+            latest: versions.last().copied(),
+            dataset,
+            eval_dataset,
+        })
+    }
+
+    /// Decides and, unless rejected, stores the job in the outbox and wakes the publisher.
+    pub async fn submit(
+        &self,
+        request: &SubmitRequest,
+        schedule: Option<String>,
+        force_scratch: bool,
+    ) -> Result<(StoredJob, DecisionReport), SubmitError> {
+        let evaluated = self.evaluate(request, force_scratch).await?;
+        let report = evaluated.report;
+        let mode = match report.decision {
+            Decision::Finetune => Mode::Finetune,
+            Decision::Scratch => Mode::Scratch,
+            Decision::Reject => return Err(SubmitError::Rejected(Box::new(report))),
+        };
+        let c = &self.config.coordinator;
+        let budget = match (mode, request.epochs) {
+            (_, Some(epochs)) => Budget::Epochs(epochs),
+            (Mode::Finetune, None) => {
+                Budget::EpochFraction(request.epoch_fraction.unwrap_or(c.default_epoch_fraction))
+            }
+            (_, None) => Budget::Epochs(c.default_epochs),
+        };
+        let defaults = Hyperparams::default();
+        let spec = JobSpec {
+            id: JobId::new(),
+            model: evaluated.model,
+            mode,
+            base_version: match mode {
+                Mode::Finetune => evaluated.base.as_ref().map(|b| b.version),
+                _ => None,
+            },
+            // Replaced by the store with the next free version.
+            output_version: Version::first(),
+            dataset: evaluated.dataset,
+            eval_dataset: evaluated.eval_dataset,
+            hyperparams: Hyperparams {
+                budget,
+                batch_size: request.batch_size.unwrap_or(defaults.batch_size),
+                learning_rate: request.learning_rate.unwrap_or(defaults.learning_rate),
+                seed: request.seed.unwrap_or(defaults.seed),
+            },
+            priority: request.priority.unwrap_or(0),
+            submitted_at: Utc::now(),
+            deadline: None,
+        };
+        let pool = request
+            .pool
+            .clone()
+            .unwrap_or_else(|| self.config.queue.pool.clone());
+        let (stored, spec) = self
+            .store
+            .insert_job(
+                NewJob {
+                    spec,
+                    requested_mode: request.mode.unwrap_or(Mode::Auto),
+                    pool,
+                    decision: Some(report.clone()),
+                    schedule,
+                },
+                evaluated.latest,
+            )
+            .await?;
+        tracing::info!(
+            job_id = %spec.id,
+            model = %spec.model,
+            version = %spec.output_version,
+            mode = %spec.mode,
+            "job stored"
+        );
+        crate::service::fault::maybe_exit_after_store();
+        self.outbox_wake.notify_one();
+        Ok((stored, report))
+    }
+}
