@@ -11,16 +11,25 @@
 # 3. rabbitmq-server is not installed  -> `apt-get install rabbitmq-server` (as root, or with sudo),
 #    then 2.
 #
-# It enables no plugins and changes no broker configuration.
+# 4. The management plugin (rabbitmq_management, HTTP API on port 15672) answers, or is enabled
+#    with `rabbitmq-plugins enable` (idempotent). The coordinator reads unacknowledged-message
+#    counts from it, and the end-to-end tests use it. When it cannot be enabled here (no
+#    rabbitmq-plugins, a broker elsewhere) this only warns: the coordinator works without it.
+#
+# It changes no other broker configuration.
 #
 # Environment:
-#   REFIT_RABBITMQ_HOST           address to check (default 127.0.0.1)
-#   REFIT_RABBITMQ_PORT           AMQP port to check (default 5672)
-#   REFIT_RABBITMQ_START_TIMEOUT  seconds to wait for a started broker (default 60)
+#   REFIT_RABBITMQ_HOST             address to check (default 127.0.0.1)
+#   REFIT_RABBITMQ_PORT             AMQP port to check (default 5672)
+#   REFIT_RABBITMQ_MANAGEMENT_PORT  management HTTP port to check (default 15672)
+#   REFIT_RABBITMQ_MANAGEMENT       0 to leave the management plugin alone (default 1)
+#   REFIT_RABBITMQ_START_TIMEOUT    seconds to wait for a started broker or plugin (default 60)
 set -euo pipefail
 
 host="${REFIT_RABBITMQ_HOST:-127.0.0.1}"
 port="${REFIT_RABBITMQ_PORT:-5672}"
+management_port="${REFIT_RABBITMQ_MANAGEMENT_PORT:-15672}"
+management="${REFIT_RABBITMQ_MANAGEMENT:-1}"
 start_timeout="${REFIT_RABBITMQ_START_TIMEOUT:-60}"
 
 say() { echo "rabbitmq: $*" >&2; }
@@ -50,6 +59,37 @@ amqp_answers() {
 
 have_diagnostics() { command -v rabbitmq-diagnostics >/dev/null; }
 
+# Whether the management plugin's HTTP API answers (any HTTP status line will do).
+management_answers() {
+  timeout 3 bash -c '
+    exec 3<>"/dev/tcp/$0/$1" || exit 1
+    printf "GET /api/overview HTTP/1.0\r\nHost: %s\r\n\r\n" "$0" >&3
+    IFS= read -r line <&3
+    [[ "$line" == HTTP/* ]]
+  ' "$host" "$management_port" 2>/dev/null
+}
+
+# Step 4: the management plugin answers, or is enabled (idempotent).
+ensure_management() {
+  [[ "$management" == 0 ]] && return 0
+  if management_answers; then
+    return 0
+  fi
+  if ! command -v rabbitmq-plugins >/dev/null || [[ "$host" != 127.0.0.1 && "$host" != localhost ]]; then
+    say "warning: the management API does not answer on $host:$management_port and cannot be enabled from here; enable the rabbitmq_management plugin on the broker (the coordinator then reports unacknowledged messages)"
+    return 0
+  fi
+  say "enabling the rabbitmq_management plugin"
+  as_root rabbitmq-plugins enable rabbitmq_management >&2
+  local deadline=$((SECONDS + start_timeout))
+  until management_answers; do
+    if ((SECONDS >= deadline)); then
+      die "the management plugin is enabled but $host:$management_port did not answer within ${start_timeout} s; see /var/log/rabbitmq/"
+    fi
+    sleep 1
+  done
+}
+
 # The local node answers ping (only meaningful when RabbitMQ is installed here).
 node_answers() { as_root rabbitmq-diagnostics -q ping >/dev/null 2>&1; }
 
@@ -67,9 +107,13 @@ report() {
   fi
   say "ready on $host:$port${version:+ (RabbitMQ $version)}"
   say "URL: amqp://guest:guest@$host:$port/%2f (REFIT_TEST_AMQP_URL; guest works from loopback only)"
+  if [[ "$management" != 0 ]] && management_answers; then
+    say "management API: http://$host:$management_port/"
+  fi
 }
 
 if ready; then
+  ensure_management
   report
   exit 0
 fi
@@ -77,6 +121,9 @@ if amqp_answers; then
   # Something speaks AMQP here but the local node does not answer ping: maybe a broker in a
   # container or another node. Use it rather than start a second one on the same port.
   say "an AMQP broker answers on $host:$port, but the local node does not answer ping; using it"
+  if [[ "$management" != 0 ]] && ! management_answers; then
+    say "warning: its management API does not answer on $host:$management_port; enable the rabbitmq_management plugin there"
+  fi
   report
   exit 0
 fi
@@ -107,4 +154,5 @@ if ! ready; then
     sleep 1
   done
 fi
+ensure_management
 report

@@ -1,12 +1,20 @@
-//! Shared test helpers: service discovery and unique names.
+//! Shared test helpers: service discovery, unique names, the binaries under test and training
+//! data.
 //!
-//! Each service-specific helper (connecting to RabbitMQ, building an S3 client) lives in the
-//! module that tests that service.
+//! Each service-specific helper (connecting to RabbitMQ, building an S3 client for the storage
+//! tests) lives in the module that tests that service; what the end-to-end modules (`worker`,
+//! `coordinator`) share is here.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Result, anyhow, bail};
+use refit_proto::data::{Example, load_file};
+use refit_worker::storage::S3Config;
 
 /// An environment variable, or a default.
 pub fn env_or(name: &str, default: &str) -> String {
@@ -42,4 +50,142 @@ pub fn read_env_file(path: &Path) -> HashMap<String, String> {
             Some((name.trim().to_owned(), value.to_owned()))
         })
         .collect()
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs `cargo build <args>` once per test run (per distinct `args`) and returns the folder the
+/// binaries land in (`<target>/debug`, found from this test's own executable). Cargo does not
+/// build another package's binaries for a test, so the end-to-end tests build them themselves.
+pub fn cargo_build(args: &[&str]) -> Result<PathBuf> {
+    static BUILT: Mutex<Vec<(String, std::result::Result<PathBuf, String>)>> =
+        Mutex::new(Vec::new());
+    let key = args.join(" ");
+    // Held across the build: one cargo at a time (cargo would serialise them anyway).
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, result)) = built.iter().find(|(k, _)| *k == key) {
+        return result.clone().map_err(|e| anyhow!(e));
+    }
+    let result = (|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut command = Command::new(cargo);
+        command.arg("build").args(args).current_dir(repo());
+        // `cargo test` gives this process the test package's CARGO_PKG_*, CARGO_MANIFEST_*, …
+        // Build scripts that declare `rerun-if-env-changed` on those (ring does) would see them
+        // change between this build and the next plain `cargo build`/`cargo test`, and both
+        // would rebuild half the tree every time.
+        for (name, _) in std::env::vars_os() {
+            let Some(name) = name.to_str() else { continue };
+            let per_package = ["CARGO_PKG_", "CARGO_MANIFEST_"]
+                .iter()
+                .any(|p| name.starts_with(p))
+                || [
+                    "CARGO_CRATE_NAME",
+                    "CARGO_BIN_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                    "OUT_DIR",
+                ]
+                .contains(&name);
+            if per_package {
+                command.env_remove(name);
+            }
+        }
+        let status = command
+            .status()
+            .map_err(|e| format!("cannot run cargo build: {e}"))?;
+        if !status.success() {
+            return Err(format!("cargo build {key} failed: {status}"));
+        }
+        // <target>/debug/deps/integration-… → <target>/debug
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        exe.parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .ok_or_else(|| "cannot locate the target folder".to_owned())
+    })();
+    built.push((key, result.clone()));
+    result.map_err(|e| anyhow!(e))
+}
+
+/// A binary built by [`cargo_build`]`(args)`, checked to exist.
+pub fn built_binary(args: &[&str], name: &str) -> Result<PathBuf> {
+    let path = cargo_build(args)?.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        bail!(
+            "{} was not built by cargo build {}",
+            path.display(),
+            args.join(" ")
+        )
+    }
+}
+
+/// The `refit-worker` binary (built once per test run).
+pub fn worker_binary() -> Result<PathBuf> {
+    built_binary(
+        &["-p", "refit-worker", "--bin", "refit-worker"],
+        "refit-worker",
+    )
+}
+
+/// `NAME=value` lines of the local Garage's `credentials.env`.
+pub fn garage_env() -> HashMap<String, String> {
+    let dir = std::env::var_os("REFIT_GARAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".refit-local/garage"));
+    credentials_in(&dir)
+}
+
+/// `NAME=value` lines of `<dir>/credentials.env` (written by `deploy/s3-server.sh`).
+pub fn credentials_in(dir: &Path) -> HashMap<String, String> {
+    read_env_file(&dir.join("credentials.env"))
+}
+
+/// The S3 server's settings: each from `REFIT_TEST_S3_<NAME>`, else `REFIT_S3_<NAME>`, else the
+/// local Garage's `credentials.env`.
+pub fn s3_config() -> Result<S3Config> {
+    let file = garage_env();
+    let get = |name: &str, default: &str| {
+        let from_file = file
+            .get(&format!("REFIT_S3_{name}"))
+            .cloned()
+            .unwrap_or_else(|| default.to_owned());
+        env_or(
+            &format!("REFIT_TEST_S3_{name}"),
+            &env_or(&format!("REFIT_S3_{name}"), &from_file),
+        )
+    };
+    let (id, secret) = (get("ACCESS_KEY_ID", ""), get("SECRET_ACCESS_KEY", ""));
+    if id.is_empty() || secret.is_empty() {
+        bail!(
+            "no S3 credentials: run deploy/s3-server.sh, or set REFIT_TEST_S3_ACCESS_KEY_ID and \
+             REFIT_TEST_S3_SECRET_ACCESS_KEY"
+        );
+    }
+    let mut config = S3Config::for_test(&get("ENDPOINT", "http://127.0.0.1:3900"), &id, &secret);
+    config.region = get("REGION", "garage");
+    config.bucket = get("BUCKET", "refit");
+    Ok(config)
+}
+
+/// The first `per_intent` examples of each intent of set1.yml (all intents, so fine-tunes on
+/// larger slices keep the label set).
+pub fn examples(per_intent: usize) -> Result<Vec<Example>> {
+    let data = load_file(&repo().join("examples/data/financial-demo/set1.yml"))?;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut out = Vec::new();
+    for example in data.examples {
+        let n = counts.entry(example.intent.clone()).or_default();
+        if *n < per_intent {
+            *n += 1;
+            out.push(example);
+        }
+    }
+    Ok(out)
 }

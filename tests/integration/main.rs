@@ -5,6 +5,7 @@
 //! message saying how to start it; nothing is skipped.
 
 mod common;
+mod coordinator;
 mod queue;
 mod storage;
 mod worker;

@@ -1,6 +1,8 @@
 //! Submitting a job: resolve the base version, read the dataset, decide (DESIGN §4), store the
 //! job in the outbox. Shared by `POST /v1/jobs`, `POST /v1/check` and the scheduler.
 
+use std::collections::BTreeSet;
+
 use chrono::Utc;
 use refit_proto::data::{Format, TrainingData, parse_bytes};
 use refit_proto::decision::{Decision, DecisionInput, DecisionReport, Policy, decide};
@@ -8,6 +10,7 @@ use refit_proto::{
     Alias, ArchSpec, Budget, DatasetRef, Hyperparams, JobId, JobSpec, Manifest, Mode, ModelName,
     Version, keys,
 };
+use refit_worker::engine::featurizer::Vocabulary;
 use refit_worker::storage::{StorageError, validate_key};
 use refit_worker::version::{VersionError, list_versions, read_manifest};
 
@@ -168,6 +171,17 @@ impl App {
         }
     }
 
+    /// The base version's word vocabulary, for the report's new-word count. Best effort: a
+    /// version whose `vocab.json` cannot be read is decided on without it (the worker checks the
+    /// files again before training).
+    async fn base_words(&self, manifest: &Manifest) -> Option<BTreeSet<String>> {
+        let entry = manifest.files.get(keys::VOCAB)?;
+        let key = keys::version_file(&manifest.model, manifest.version, keys::VOCAB).ok()?;
+        let bytes = self.objects.get_verified(&key, &entry.sha256).await.ok()?;
+        let vocab = Vocabulary::from_json(&bytes, &manifest.arch.featurizer).ok()?;
+        Some(vocab.words())
+    }
+
     /// Decides what a submission would do, without storing anything.
     pub async fn evaluate(
         &self,
@@ -232,13 +246,17 @@ impl App {
             .as_ref()
             .map(|b| b.arch.clone())
             .unwrap_or_else(ArchSpec::default);
+        let base_vocabulary = match &base {
+            Some(manifest) => self.base_words(manifest).await,
+            None => None,
+        };
         let report = decide(&DecisionInput {
             mode,
             policy,
             base: base.as_ref(),
             data: &data,
             arch: &arch,
-            base_vocabulary: None,
+            base_vocabulary: base_vocabulary.as_ref(),
         });
         self.metrics.record_decision(&report);
         Ok(Evaluated {

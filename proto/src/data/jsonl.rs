@@ -6,10 +6,15 @@
 //!
 //! `entities` is optional; `start`/`end` are character offsets into `text`, and `value`, `role`
 //! and `group` are optional. Other keys are ignored.
+//!
+//! [`TrainingData::to_jsonl`] writes this format back (e.g. several files merged into one
+//! upload). JSONL holds examples only: synonym, regex and lookup items are not written.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::{DataError, DataErrorKind, Entity, Example, LocatedExample, Parsed, char_slice};
+use super::{
+    DataError, DataErrorKind, Entity, Example, LocatedExample, Parsed, TrainingData, char_slice,
+};
 
 #[derive(Deserialize)]
 struct Record {
@@ -30,6 +35,47 @@ struct RecordEntity {
     role: Option<String>,
     #[serde(default)]
     group: Option<String>,
+}
+
+/// One example as [`TrainingData::to_jsonl`] writes it.
+#[derive(Serialize)]
+struct RecordOut<'a> {
+    text: &'a str,
+    intent: &'a str,
+    #[serde(skip_serializing_if = "<[Entity]>::is_empty")]
+    entities: &'a [Entity],
+}
+
+impl TrainingData {
+    /// The examples as JSONL, one object per line in example order, each line ending in `\n`;
+    /// parsing the result gives back the same examples. Entities keep their character offsets
+    /// and their `value`, `role` and `group` where set. Synonym, regex and lookup items are not
+    /// part of the format and are left out (training reads only the examples).
+    ///
+    /// ```
+    /// use refit_proto::data::{Example, Format, TrainingData, parse_str};
+    ///
+    /// let data = TrainingData {
+    ///     examples: vec![Example { text: "hi".into(), intent: "greet".into(), entities: vec![] }],
+    ///     ..Default::default()
+    /// };
+    /// assert_eq!(data.to_jsonl(), "{\"text\":\"hi\",\"intent\":\"greet\"}\n");
+    /// let back = parse_str(&data.to_jsonl(), "data.jsonl", Format::Jsonl).unwrap();
+    /// assert_eq!(back.examples, data.examples);
+    /// ```
+    pub fn to_jsonl(&self) -> String {
+        let mut out = String::new();
+        for example in &self.examples {
+            let record = RecordOut {
+                text: &example.text,
+                intent: &example.intent,
+                entities: &example.entities,
+            };
+            out.push_str(&serde_json::to_string(&record).expect("an example always serialises"));
+            out.push('\n');
+        }
+        out
+    }
 }
 
 /// Parses JSONL training data; duplicates are kept (the caller drops them).
@@ -166,6 +212,54 @@ mod tests {
             assert!(shown.starts_with("data.jsonl:3"), "{shown}");
             assert!(shown.contains(message), "{bad}: {shown}");
         }
+    }
+
+    #[test]
+    fn written_jsonl_reads_back_to_the_same_examples() {
+        let yaml = concat!(
+            "version: \"3.1\"\n",
+            "nlu:\n",
+            "- intent: pay\n",
+            "  examples: |\n",
+            "    - überweise [5 €](amount) an [Zoë]{\"entity\": \"PERSON\", \"role\": \"to\"}\n",
+            "    - send [fifty](amount:50) to [Bob]{\"entity\": \"PERSON\", \"group\": \"1\"}\n",
+            "    - a \\\"quoted\\\" line\n",
+            "- intent: faq/ask_x\n",
+            "  examples: |\n",
+            "    - what is x?\n",
+            "- synonym: savings\n",
+            "  examples: |\n",
+            "    - piggy bank\n",
+        );
+        let data = parse_str(yaml, "nlu.yml", Format::RasaYaml).expect("valid YAML");
+        assert_eq!(data.len(), 4);
+        assert!(
+            data.examples
+                .iter()
+                .any(|e| e.entities.iter().any(|x| x.value.is_some()))
+        );
+        assert!(
+            data.examples
+                .iter()
+                .any(|e| e.entities.iter().any(|x| x.role.is_some()))
+        );
+        assert!(
+            data.examples
+                .iter()
+                .any(|e| e.entities.iter().any(|x| x.group.is_some()))
+        );
+
+        let jsonl = data.to_jsonl();
+        assert_eq!(jsonl.lines().count(), data.len(), "{jsonl}");
+        assert!(jsonl.ends_with('\n'));
+        let back = parse_ok(&jsonl);
+        assert_eq!(back.examples, data.examples);
+        assert_eq!(back.duplicates_dropped, 0);
+        // JSONL holds examples only.
+        assert!(back.synonyms.is_empty());
+        // Writing is deterministic, so the same data uploads under the same content address.
+        assert_eq!(back.to_jsonl(), jsonl);
+        assert_eq!(TrainingData::default().to_jsonl(), "");
     }
 
     #[test]

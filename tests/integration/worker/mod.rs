@@ -12,10 +12,9 @@
 //! `resilience` holds the tests that break things around a running job: a private S3 server
 //! stopped for 20 s, the worker's RabbitMQ connection force-closed, and ten `kill -9`s.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -25,7 +24,7 @@ use lapin::BasicProperties;
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions,
 };
-use refit_proto::data::{Example, load_file};
+use refit_proto::data::Example;
 use refit_proto::{
     Budget, Control, DatasetRef, Event, EventKind, Hyperparams, JobId, JobSpec, Mode, ModelName,
     Version, keys,
@@ -34,7 +33,7 @@ use refit_worker::queue::{Broker, Consumer, Publisher, QueueConfig};
 use refit_worker::storage::{ObjectStore, S3Config, S3Store, sha256_hex};
 use refit_worker::version::{list_versions, read_manifest};
 
-use crate::common::{env_or, unique};
+use crate::common::{credentials_in, env_or, examples, repo, s3_config, unique, worker_binary};
 
 mod resilience;
 
@@ -42,79 +41,6 @@ const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// A guard against hangs, not a speed target.
 const WAIT: Duration = Duration::from_secs(120);
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Builds the worker binary once and returns its path.
-fn worker_binary() -> Result<PathBuf> {
-    static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-            let status = Command::new(cargo)
-                .args(["build", "-p", "refit-worker", "--bin", "refit-worker"])
-                .current_dir(repo())
-                .status()
-                .map_err(|e| format!("cannot run cargo build: {e}"))?;
-            if !status.success() {
-                return Err(format!("cargo build -p refit-worker failed: {status}"));
-            }
-            // <target>/debug/deps/integration-… → <target>/debug/refit-worker
-            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-            let path = exe
-                .parent()
-                .and_then(Path::parent)
-                .map(|dir| dir.join("refit-worker"))
-                .ok_or("cannot locate the target folder")?;
-            if path.is_file() {
-                Ok(path)
-            } else {
-                Err(format!("{} was not built", path.display()))
-            }
-        })
-        .clone()
-        .map_err(|e| anyhow!(e))
-}
-
-/// `NAME=value` lines of the local Garage's `credentials.env`.
-fn garage_env() -> HashMap<String, String> {
-    let dir = std::env::var_os("REFIT_GARAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".refit-local/garage"));
-    credentials_in(&dir)
-}
-
-/// `NAME=value` lines of `<dir>/credentials.env` (written by `deploy/s3-server.sh`).
-fn credentials_in(dir: &Path) -> HashMap<String, String> {
-    crate::common::read_env_file(&dir.join("credentials.env"))
-}
-
-fn s3_config() -> Result<S3Config> {
-    let file = garage_env();
-    let get = |name: &str, default: &str| {
-        let from_file = file
-            .get(&format!("REFIT_S3_{name}"))
-            .cloned()
-            .unwrap_or_else(|| default.to_owned());
-        env_or(
-            &format!("REFIT_TEST_S3_{name}"),
-            &env_or(&format!("REFIT_S3_{name}"), &from_file),
-        )
-    };
-    let (id, secret) = (get("ACCESS_KEY_ID", ""), get("SECRET_ACCESS_KEY", ""));
-    if id.is_empty() || secret.is_empty() {
-        bail!(
-            "no S3 credentials: run deploy/s3-server.sh, or set REFIT_TEST_S3_ACCESS_KEY_ID and \
-             REFIT_TEST_S3_SECRET_ACCESS_KEY"
-        );
-    }
-    let mut config = S3Config::for_test(&get("ENDPOINT", "http://127.0.0.1:3900"), &id, &secret);
-    config.region = get("REGION", "garage");
-    config.bucket = get("BUCKET", "refit");
-    Ok(config)
-}
 
 /// One test's world: its queue prefix, broker handles, store, event log and model name.
 struct Cluster {
@@ -465,22 +391,6 @@ impl Drop for Worker {
 
 fn names(events: &[Event]) -> Vec<&'static str> {
     events.iter().map(|e| e.kind.name()).collect()
-}
-
-/// The first `per_intent` examples of each intent of set1.yml (all intents, so fine-tunes on
-/// larger slices keep the label set).
-fn examples(per_intent: usize) -> Result<Vec<Example>> {
-    let data = load_file(&repo().join("examples/data/financial-demo/set1.yml"))?;
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    let mut out = Vec::new();
-    for example in data.examples {
-        let n = counts.entry(example.intent.clone()).or_default();
-        if *n < per_intent {
-            *n += 1;
-            out.push(example);
-        }
-    }
-    Ok(out)
 }
 
 /// Checks that a stored version is complete and returns its manifest.

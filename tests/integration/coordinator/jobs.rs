@@ -1,0 +1,257 @@
+//! Many jobs at once, and a coordinator that dies between storing and publishing a job.
+
+use std::collections::BTreeSet;
+
+use super::*;
+
+/// "Done when" 3: 20 small jobs submitted in parallel all succeed exactly once, spread over both
+/// workers, each writing its own version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_runs_20_parallel_jobs_exactly_once_on_both_workers() -> Result<()> {
+    let mut stack = Stack::new("par").await?;
+    stack.start_coordinator(&[]).await?;
+    stack.start_workers(2)?;
+    // Both workers consume before anything is queued, so the broker can hand jobs to both.
+    stack.wait_consumers(2).await?;
+    let data = stack.upload(jsonl(&examples(2)?)?, "jsonl").await?;
+
+    let mut submits = tokio::task::JoinSet::new();
+    for seed in 0..20u64 {
+        let http = stack.http.clone();
+        let url = format!("{}/v1/jobs", stack.url());
+        let token = stack.token.clone();
+        let body = json!({
+            "model": stack.model,
+            "dataset": dataset(&data),
+            "mode": "scratch",
+            "epochs": 1,
+            "seed": seed,
+        });
+        submits.spawn(async move {
+            let response = http.post(url).bearer_auth(token).json(&body).send().await?;
+            let status = response.status();
+            let body: Value = response.json().await?;
+            ensure!(status == StatusCode::CREATED, "submit: {status}: {body}");
+            anyhow::Ok(body["job"].clone())
+        });
+    }
+    let mut submitted = Vec::new();
+    while let Some(result) = submits.join_next().await {
+        submitted.push(result??);
+    }
+    let ids: BTreeSet<String> = submitted
+        .iter()
+        .map(|j| j["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    ensure!(ids.len() == 20, "20 distinct job ids: {ids:?}");
+    let versions: BTreeSet<String> = submitted
+        .iter()
+        .map(|j| j["version"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    ensure!(
+        versions.len() == 20,
+        "every job has its own output version: {versions:?}"
+    );
+
+    let mut workers_used = BTreeSet::new();
+    for id in &ids {
+        let job = stack.wait_succeeded(id).await?;
+        let types = event_types(&job);
+        ensure!(
+            count_events(&job, "succeeded") == 1 && count_events(&job, "started") == 1,
+            "job {id}: exactly one start and one success, got {types:?}"
+        );
+        ensure!(
+            job["attempts"] == 1,
+            "job {id}: attempts {}",
+            job["attempts"]
+        );
+        let succeeded = job["events"]
+            .as_array()
+            .and_then(|events| events.iter().find(|e| e["type"] == "succeeded"))
+            .context("no succeeded event")?;
+        let worker = succeeded["worker"].as_str().unwrap_or_default().to_owned();
+        ensure!(
+            job["worker"] == json!(worker),
+            "job {id}: the view's worker {} is not the one that succeeded ({worker})",
+            job["worker"]
+        );
+        workers_used.insert(worker);
+    }
+    let expected: BTreeSet<String> = [stack.worker_id(1), stack.worker_id(2)].into();
+    ensure!(
+        workers_used == expected,
+        "jobs ran on {workers_used:?}, expected both of {expected:?}"
+    );
+
+    // One stored version per job, v1 … v20, and nothing else.
+    let list = stack
+        .expect(
+            Method::GET,
+            &format!("/v1/models/{}/versions", stack.model),
+            None,
+            StatusCode::OK,
+        )
+        .await?;
+    let stored: BTreeSet<String> = list["versions"]
+        .as_array()
+        .context("versions")?
+        .iter()
+        .map(|v| v["version"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    ensure!(
+        stored == versions,
+        "stored versions {stored:?} ≠ the jobs' {versions:?}"
+    );
+    // The job store agrees: 20 succeeded, nothing else.
+    let all = stack
+        .expect(
+            Method::GET,
+            &format!("/v1/jobs?model={}&limit=100", stack.model),
+            None,
+            StatusCode::OK,
+        )
+        .await?;
+    let states: Vec<&str> = all["jobs"]
+        .as_array()
+        .context("jobs")?
+        .iter()
+        .map(|j| j["state"].as_str().unwrap_or("?"))
+        .collect();
+    ensure!(
+        states.len() == 20 && states.iter().all(|s| *s == "succeeded"),
+        "{states:?}"
+    );
+    stack.finish().await
+}
+
+/// "Done when" 4: a coordinator that dies right after storing a submitted job (before publishing
+/// it) leaves the job in its SQLite file unpublished; after a restart on the same file the job is
+/// published once and completes in one attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_crash_between_store_and_publish_publishes_once_after_restart() -> Result<()> {
+    let mut stack = Stack::new("crash").await?;
+    stack
+        .start_coordinator(&[("REFIT_FAULT", "exit-after-store")])
+        .await?;
+    let data = stack.upload(jsonl(&examples(2)?)?, "jsonl").await?;
+    let request = json!({
+        "model": stack.model,
+        "dataset": dataset(&data),
+        "mode": "scratch",
+        "epochs": 1,
+    });
+    // The process exits inside the request: the caller sees no answer.
+    let answer = stack
+        .http
+        .post(format!("{}/v1/jobs", stack.url()))
+        .bearer_auth(&stack.token)
+        .json(&request)
+        .send()
+        .await;
+    ensure!(
+        answer.is_err(),
+        "the coordinator answered although REFIT_FAULT=exit-after-store: {:?}",
+        answer.map(|r| r.status())
+    );
+    let status = stack
+        .coordinator_mut()?
+        .wait_exit(Duration::from_secs(30))
+        .await?;
+    ensure!(
+        !status.success(),
+        "the fault exit looked like success: {status}"
+    );
+    stack.coordinator = None;
+
+    // The job is in the store, not published.
+    let rows = {
+        let db = rusqlite::Connection::open_with_flags(
+            stack.database(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        let mut statement =
+            db.prepare("SELECT id, model, version, state, published_at FROM jobs")?;
+        statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, Option<String>>(4)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    ensure!(rows.len() == 1, "one stored job, found {rows:?}");
+    let (id, model, version, state, published_at) = rows[0].clone();
+    ensure!(
+        model == stack.model && version == 1 && state == "queued" && published_at.is_none(),
+        "stored job: {:?}",
+        rows[0]
+    );
+    // … and nothing reached the broker: the job queue is absent or empty.
+    let channel = stack.broker.channel().await?;
+    let queue = stack.job_queue();
+    if let Ok(declared) = channel
+        .queue_declare(
+            queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+    {
+        ensure!(
+            declared.message_count() == 0,
+            "{queue} holds {} messages before the restart",
+            declared.message_count()
+        );
+    }
+
+    // Restart on the same database, without the fault and still without workers.
+    stack.start_coordinator(&[]).await?;
+    let job = stack
+        .wait_job(&id, "published", |job| job["published"] == true)
+        .await?;
+    ensure!(job["state"] == "queued" && job["attempts"] == 0, "{job}");
+    // Exactly one message on the job queue.
+    stack
+        .wait_metrics("one ready job message", |text| {
+            metric(text, "refit_queue_messages_ready", &[("queue", &queue)]) == Some(1.0)
+        })
+        .await?;
+    // Give the outbox a few more passes: a second publish would show as a second message.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let text = stack.metrics().await?;
+    ensure!(
+        metric(&text, "refit_queue_messages_ready", &[("queue", &queue)]) == Some(1.0),
+        "the job was published more than once: {:?}",
+        metric(&text, "refit_queue_messages_ready", &[("queue", &queue)])
+    );
+    ensure!(
+        metric(&text, "refit_outbox_jobs", &[]) == Some(0.0),
+        "outbox not drained"
+    );
+
+    stack.start_workers(2)?;
+    let job = stack.wait_succeeded(&id).await?;
+    ensure!(
+        job["attempts"] == 1
+            && count_events(&job, "started") == 1
+            && count_events(&job, "succeeded") == 1,
+        "one delivery, one start, one success: attempts {}, events {:?}",
+        job["attempts"],
+        event_types(&job)
+    );
+    ensure!(job["version"] == "v1", "{}", job["version"]);
+    stack
+        .wait_metrics("an empty job queue", |text| {
+            metric(text, "refit_queue_messages_ready", &[("queue", &queue)]) == Some(0.0)
+        })
+        .await?;
+    stack.finish().await
+}
