@@ -189,3 +189,33 @@ pub fn examples(per_intent: usize) -> Result<Vec<Example>> {
     }
     Ok(out)
 }
+
+/// Deletes the queues and exchanges of `broker`'s topology (a test's own prefix); errors are
+/// ignored, as in any cleanup.
+pub async fn delete_topology(broker: &refit_worker::queue::Broker) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let Ok(channel) = broker.channel().await else {
+        return;
+    };
+    let t = broker.topology();
+    for q in [
+        t.job_queue(),
+        t.dead_letter_queue(),
+        t.coordinator_events_queue(),
+        t.coordinator_dead_queue(),
+    ] {
+        let _ = channel
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for x in [
+        t.jobs_exchange(),
+        t.dead_letter_exchange(),
+        t.events_exchange(),
+        t.control_exchange(),
+    ] {
+        let _ = channel
+            .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+}

@@ -38,3 +38,22 @@ pub fn init(format: LogFormat) {
     // Already installed (a test calling it twice) is fine: the first one stays.
     let _ = result;
 }
+
+/// Cancels `token` on the first SIGINT or SIGTERM, logging which with `what` (what the process
+/// does next). Spawn it first thing; both services' mains do.
+pub async fn cancel_on_signal(token: tokio_util::sync::CancellationToken, what: &'static str) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the process with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "{what}");
+    token.cancel();
+}

@@ -55,7 +55,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
+        tokio::spawn(telemetry::cancel_on_signal(
+            shutdown.clone(),
+            "shutting down: finishing requests and the current publish or event",
+        ));
         refit_coordinator::service::run(config, shutdown).await
     });
     match result {
@@ -69,21 +72,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Cancels `token` on the first SIGINT or SIGTERM.
-async fn watch_signals(token: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        error!("cannot install signal handlers; stop with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: stopping"),
-        _ = int.recv() => info!("SIGINT: stopping"),
-    }
-    token.cancel();
 }

@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use bytes::Bytes;
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use refit_proto::data::{Example, load_file};
 use refit_proto::keys;
 use refit_worker::queue::{Broker, QueueConfig};
@@ -955,28 +954,7 @@ impl Stack {
             for key in keys {
                 let _ = self.store.delete(&key).await;
             }
-            let channel = self.broker.channel().await?;
-            let t = self.broker.topology();
-            for q in [
-                t.job_queue(),
-                t.dead_letter_queue(),
-                t.coordinator_events_queue(),
-                t.coordinator_dead_queue(),
-            ] {
-                let _ = channel
-                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-            for x in [
-                t.jobs_exchange(),
-                t.dead_letter_exchange(),
-                t.events_exchange(),
-                t.control_exchange(),
-            ] {
-                let _ = channel
-                    .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-                    .await;
-            }
+            crate::common::delete_topology(&self.broker).await;
             anyhow::Ok(())
         }
         .await;

@@ -21,9 +21,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use bytes::Bytes;
 use chrono::Utc;
 use lapin::BasicProperties;
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use refit_proto::data::Example;
 use refit_proto::{
     Budget, Control, DatasetRef, Event, EventKind, Hyperparams, JobId, JobSpec, Mode, ModelName,
@@ -293,27 +291,7 @@ impl Cluster {
             for meta in self.store.list(&keys::model_prefix(&self.model)).await? {
                 self.store.delete(&meta.key).await?;
             }
-            let channel = self.broker.channel().await?;
-            let t = self.broker.topology();
-            for q in [
-                t.job_queue(),
-                t.dead_letter_queue(),
-                t.coordinator_events_queue(),
-            ] {
-                let _ = channel
-                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-            for x in [
-                t.jobs_exchange(),
-                t.dead_letter_exchange(),
-                t.events_exchange(),
-                t.control_exchange(),
-            ] {
-                let _ = channel
-                    .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-                    .await;
-            }
+            crate::common::delete_topology(&self.broker).await;
             anyhow::Ok(())
         }
         .await;

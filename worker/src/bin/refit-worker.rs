@@ -56,7 +56,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
+        tokio::spawn(telemetry::cancel_on_signal(
+            shutdown.clone(),
+            "shutting down: no new jobs; running jobs checkpoint and go back to the queue",
+        ));
         refit_worker::runner::run(config, shutdown).await
     });
     // Blocking training threads that outlived the deadline must not keep the process up.
@@ -72,25 +75,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Cancels `token` on the first SIGINT or SIGTERM.
-async fn watch_signals(token: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        error!("cannot install signal handlers; stop the worker with SIGKILL");
-        return;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    info!(
-        signal = name,
-        "shutting down: no new jobs; running jobs checkpoint and go back to the queue"
-    );
-    token.cancel();
 }
