@@ -35,6 +35,7 @@ use std::str::FromStr;
 
 use refit_proto::decision::Policy;
 use refit_proto::{ModelName, keys};
+use refit_worker::config::{env_layer, read_layers};
 use refit_worker::queue::QueueConfig;
 use refit_worker::storage::{S3Config, Secret, validate_key};
 use serde::Deserialize;
@@ -196,26 +197,14 @@ impl ScheduleConfig {
 impl CoordinatorConfig {
     /// Loads defaults → `file` (TOML, if given) → `REFIT__…` environment, and validates.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let env = config::Environment::with_prefix("REFIT")
-            .prefix_separator("__")
-            .separator("__")
-            .try_parsing(true);
-        Self::load_from(file, env)
+        Self::load_from(file, env_layer())
     }
 
     pub(crate) fn load_from(
         file: Option<&Path>,
         env: config::Environment,
     ) -> Result<Self, ConfigError> {
-        let mut builder = config::Config::builder();
-        if let Some(path) = file {
-            builder = builder.add_source(
-                config::File::from(path)
-                    .format(config::FileFormat::Toml)
-                    .required(true),
-            );
-        }
-        let config: CoordinatorConfig = builder.add_source(env).build()?.try_deserialize()?;
+        let config: CoordinatorConfig = read_layers(file, env)?;
         config.validate()?;
         Ok(config)
     }
@@ -351,11 +340,7 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        config::Environment::with_prefix("REFIT")
-            .prefix_separator("__")
-            .separator("__")
-            .try_parsing(true)
-            .source(Some(map))
+        env_layer().source(Some(map))
     }
 
     const BASE: &[(&str, &str)] = &[

@@ -130,26 +130,39 @@ impl Default for WorkerSettings {
     }
 }
 
+/// The `REFIT__<SECTION>__<KEY>` environment layer both services read.
+pub fn env_layer() -> config::Environment {
+    config::Environment::with_prefix("REFIT")
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+}
+
+/// Reads built-in defaults (`T`'s serde defaults), then `file` (TOML, required when given), then
+/// `env` into a `T`. Validation is the caller's.
+pub fn read_layers<T: serde::de::DeserializeOwned>(
+    file: Option<&Path>,
+    env: config::Environment,
+) -> Result<T, config::ConfigError> {
+    let mut builder = config::Config::builder();
+    if let Some(path) = file {
+        builder = builder.add_source(
+            config::File::from(path)
+                .format(config::FileFormat::Toml)
+                .required(true),
+        );
+    }
+    builder.add_source(env).build()?.try_deserialize()
+}
+
 impl WorkerConfig {
     /// Loads defaults → `file` (TOML, if given) → `REFIT__…` environment, and validates.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let env = config::Environment::with_prefix("REFIT")
-            .prefix_separator("__")
-            .separator("__")
-            .try_parsing(true);
-        Self::load_from(file, env)
+        Self::load_from(file, env_layer())
     }
 
     fn load_from(file: Option<&Path>, env: config::Environment) -> Result<Self, ConfigError> {
-        let mut builder = config::Config::builder();
-        if let Some(path) = file {
-            builder = builder.add_source(
-                config::File::from(path)
-                    .format(config::FileFormat::Toml)
-                    .required(true),
-            );
-        }
-        let mut config: WorkerConfig = builder.add_source(env).build()?.try_deserialize()?;
+        let mut config: WorkerConfig = read_layers(file, env)?;
         config.queue.prefetch = config.worker.concurrency;
         config.validate()?;
         Ok(config)
@@ -277,11 +290,7 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        config::Environment::with_prefix("REFIT")
-            .prefix_separator("__")
-            .separator("__")
-            .try_parsing(true)
-            .source(Some(map))
+        env_layer().source(Some(map))
     }
 
     fn s3_env() -> Vec<(&'static str, &'static str)> {

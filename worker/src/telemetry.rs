@@ -39,9 +39,52 @@ pub fn init(format: LogFormat) {
     let _ = result;
 }
 
-/// Cancels `token` on the first SIGINT or SIGTERM, logging which with `what` (what the process
-/// does next). Spawn it first thing; both services' mains do.
-pub async fn cancel_on_signal(token: tokio_util::sync::CancellationToken, what: &'static str) {
+/// Runs a service's main loop: a multi-threaded Tokio runtime, one root token cancelled on the
+/// first SIGINT or SIGTERM (logging `on_signal`, what the service does next), then
+/// `service(token)`. Returns exit code 0 when it ends with `Ok`, 1 otherwise (the error is logged
+/// and printed after `name: `). Both services' mains end with it.
+pub fn run_service<F, Fut>(
+    name: &str,
+    on_signal: &'static str,
+    service: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("{name}: failed to start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone(), on_signal));
+        service(shutdown).await
+    });
+    // Blocking threads (training steps) that outlived the service's deadline must not keep the
+    // process up.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "{name} failed");
+            eprintln!("{name}: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels `token` on the first SIGINT or SIGTERM, logging which with `what`.
+async fn cancel_on_signal(token: tokio_util::sync::CancellationToken, what: &'static str) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

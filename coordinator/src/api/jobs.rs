@@ -175,22 +175,14 @@ pub(super) async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let id = job_id(&id)?;
-    let before = app
-        .store
-        .job(id.clone())
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
-    if before.view.state.is_final() {
-        return Err(ApiError::conflict(format!(
-            "job {id} is already {}",
-            before.view.state
-        )));
-    }
-    let job = app
+    let (before, job) = app
         .store
         .request_cancel(id.clone())
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
+    if before.is_final() {
+        return Err(ApiError::conflict(format!("job {id} is already {before}")));
+    }
     app.outbox_wake.notify_one();
     info!(job_id = %id, "cancel requested");
     Ok(Json(job.view))

@@ -10,8 +10,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use refit_coordinator::config::CoordinatorConfig;
 use refit_worker::telemetry::{self, LogFormat};
-use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::error;
 
 /// Serves refit's API and dashboard, publishes training jobs and records what workers report.
 #[derive(Debug, Parser)]
@@ -43,33 +42,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("refit-coordinator: failed to start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(telemetry::cancel_on_signal(
-            shutdown.clone(),
-            "shutting down: finishing requests and the current publish or event",
-        ));
-        refit_coordinator::service::run(config, shutdown).await
-    });
-    match result {
-        Ok(()) => {
-            info!("stopped");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            error!(error = %format!("{err:#}"), "coordinator failed");
-            eprintln!("refit-coordinator: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    telemetry::run_service(
+        "refit-coordinator",
+        "shutting down: finishing requests and the current publish or event",
+        |shutdown| refit_coordinator::service::run(config, shutdown),
+    )
 }

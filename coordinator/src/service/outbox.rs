@@ -77,6 +77,7 @@ async fn drain(app: &App, link: &mut Option<Link>) -> anyhow::Result<()> {
         *link = Some(connect(app).await?);
     }
     let Link { publisher, pools } = link.as_mut().expect("connected above");
+    let fetched = jobs.len();
     for (id, pool, spec) in jobs {
         if !pools.contains(&pool) {
             let channel = app.broker.channel().await?;
@@ -103,7 +104,11 @@ async fn drain(app: &App, link: &mut Option<Link>) -> anyhow::Result<()> {
         app.store.set_cancel_published(id.clone(), true).await?;
         info!(job_id = %id, "cancel published");
     }
-    let left = app.store.outbox(BATCH).await?.len();
-    app.metrics.outbox_jobs.set(left as i64);
+    if fetched < BATCH as usize {
+        app.metrics.outbox_jobs.set(0);
+    } else {
+        // A full batch: more may wait; the next pass (woken at once) counts them.
+        app.outbox_wake.notify_one();
+    }
     Ok(())
 }

@@ -310,15 +310,19 @@ impl Store {
 
     /// Asks for a job to be cancelled. A queued job becomes `cancelled` at once (a worker that
     /// gets it later is told by the control message, and again on its `started` event); a running
-    /// one when its worker reports `cancelled`. Returns the job as it is now, or `None` if
-    /// unknown; a job already in a final state is returned unchanged.
-    pub async fn request_cancel(&self, id: String) -> Result<Option<StoredJob>, StoreError> {
+    /// one when its worker reports `cancelled`. Returns the state it was in and the job as it is
+    /// now, or `None` if unknown; a job already in a final state is returned unchanged.
+    pub async fn request_cancel(
+        &self,
+        id: String,
+    ) -> Result<Option<(JobState, StoredJob)>, StoreError> {
         self.call(move |conn| {
             let tx = conn.transaction()?;
             let Some(job) = get_job(&tx, &id)? else {
                 return Ok(None);
             };
-            if !job.view.state.is_final() {
+            let before = job.view.state;
+            if !before.is_final() {
                 let now = ts(Utc::now());
                 tx.execute(
                     "UPDATE jobs SET cancel_requested = 1, cancel_published = 0, updated_at = ?2, \
@@ -330,7 +334,7 @@ impl Store {
             }
             let job = get_job(&tx, &id)?;
             tx.commit()?;
-            Ok(job)
+            Ok(job.map(|job| (before, job)))
         })
         .await
     }
@@ -361,19 +365,6 @@ impl Store {
                 params![id, i64::from(published)],
             )?;
             Ok(())
-        })
-        .await
-    }
-
-    /// The highest version any job of `model` was given.
-    pub async fn max_job_version(&self, model: String) -> Result<Option<u32>, StoreError> {
-        self.call(move |conn| {
-            let max: Option<i64> = conn.query_row(
-                "SELECT MAX(version) FROM jobs WHERE model = ?1",
-                params![model],
-                |r| r.get(0),
-            )?;
-            Ok(max.and_then(|m| u32::try_from(m).ok()))
         })
         .await
     }
@@ -523,7 +514,7 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert_eq!(page2.len(), 2);
-        let cancelled = store.request_cancel(ids[0].clone()).await.unwrap().unwrap();
+        let (_, cancelled) = store.request_cancel(ids[0].clone()).await.unwrap().unwrap();
         assert_eq!(cancelled.view.state, JobState::Cancelled);
         let only = store
             .list_jobs(JobFilter {

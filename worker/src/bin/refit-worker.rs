@@ -11,8 +11,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use refit_worker::config::WorkerConfig;
 use refit_worker::telemetry::{self, LogFormat};
-use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::error;
 
 /// Runs refit training jobs from RabbitMQ.
 #[derive(Debug, Parser)]
@@ -44,35 +43,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("refit-worker: failed to start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(telemetry::cancel_on_signal(
-            shutdown.clone(),
-            "shutting down: no new jobs; running jobs checkpoint and go back to the queue",
-        ));
-        refit_worker::runner::run(config, shutdown).await
-    });
-    // Blocking training threads that outlived the deadline must not keep the process up.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    match result {
-        Ok(()) => {
-            info!("stopped");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            error!(error = %format!("{err:#}"), "worker failed");
-            eprintln!("refit-worker: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    telemetry::run_service(
+        "refit-worker",
+        "shutting down: no new jobs; running jobs checkpoint and go back to the queue",
+        |shutdown| refit_worker::runner::run(config, shutdown),
+    )
 }
