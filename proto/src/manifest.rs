@@ -90,7 +90,7 @@ pub struct ArchSpec {
     /// Width of the intent MLP's hidden layer. Default 128.
     #[serde(default = "defaults::hidden_dim")]
     pub hidden_dim: u32,
-    /// Tokens on each side that the entity tagger sees. Default 1.
+    /// Tokens on each side that the entity tagger sees. Default 2.
     #[serde(default = "defaults::context_window")]
     pub entity_context_window: u32,
     /// Entity tagging scheme. Default `"bilou"`.
@@ -175,7 +175,7 @@ mod defaults {
         128
     }
     pub(super) fn context_window() -> u32 {
-        1
+        2
     }
     pub(super) fn tag_scheme() -> String {
         "bilou".to_owned()

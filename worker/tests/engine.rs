@@ -166,7 +166,8 @@ fn python_onnxruntime_matches_refit_on_every_test_example() {
         let probs = predictor.run(&featurized).unwrap().intent_probs;
         let encoded: Vec<Encoded> = featurized.iter().map(Encoded::from_text).collect();
         let refs: Vec<&Encoded> = encoded.iter().collect();
-        let padded = Ragged::new(&refs, d.window, |id| id as i64);
+        let oov = model.featurizer.vocab().oov_id();
+        let padded = Ragged::new(&refs, d.window, oov, |id| id as i64);
         let mut inputs = serde_json::Map::new();
         for (name, tensor) in padded.inputs("feat_ids", &d) {
             let json = match tensor {
@@ -200,4 +201,32 @@ fn python_onnxruntime_matches_refit_on_every_test_example() {
     );
     assert!(out.status.success(), "python onnxruntime disagrees: {text}");
     assert!(text.contains(&format!("{} examples", test.len())), "{text}");
+}
+
+#[test]
+fn training_is_deterministic_for_a_seed_and_thread_count() {
+    let data = load_file(&demo("set2.yml")).unwrap();
+    for threads in [1, 2] {
+        let opts = TrainOptions {
+            runtime: RuntimeOptions {
+                intra_threads: threads,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let run = |seed: u64| {
+            let mut model = NluModel::new(ArchSpec::default(), &data, seed).unwrap();
+            model.train(&data, 3, &opts, &mut Quiet).unwrap();
+            model.checkpoint.to_bytes()
+        };
+        let first = run(5);
+        assert!(
+            first == run(5),
+            "{threads} thread(s): two runs with seed 5 gave different checkpoints"
+        );
+        assert!(
+            first != run(6),
+            "{threads} thread(s): the seed changes nothing"
+        );
+    }
 }

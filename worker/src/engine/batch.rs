@@ -49,14 +49,26 @@ pub struct Ragged {
     pub ctx_idx: Vec<i64>,
     /// `[M, 2w+1, 1]` context mask.
     pub ctx_mask: Vec<f32>,
+    /// `[M, 1]` 1 for a token whose first feature is the unseen-word feature, else 0.
+    pub tok_oov: Vec<f32>,
+    /// `[1]` the unseen-word feature's id, mapped like `ids` (0, the padding row, when the
+    /// vocabulary has none).
+    pub oov_row: i64,
     /// Where each example's tokens start in the token list (`B + 1` entries).
     pub offsets: Vec<usize>,
 }
 
 impl Ragged {
-    /// Lays out a batch. `map` turns a vocabulary id into the value stored in `ids` (identity for
-    /// inference; a row index into the gathered embedding rows for training).
-    pub fn new(examples: &[&Encoded], window: i64, mut map: impl FnMut(u32) -> i64) -> Self {
+    /// Lays out a batch. `oov` is the vocabulary's unseen-word feature
+    /// ([`OOV_WORD`](super::featurizer::OOV_WORD)), if it has one; `map` turns a vocabulary id
+    /// into the value stored in `ids` (identity for inference; a row index into the gathered
+    /// embedding rows for training).
+    pub fn new(
+        examples: &[&Encoded],
+        window: i64,
+        oov: Option<u32>,
+        mut map: impl FnMut(u32) -> i64,
+    ) -> Self {
         let tokens: usize = examples.iter().map(|e| e.tokens.len()).sum();
         let features: usize = examples
             .iter()
@@ -73,6 +85,8 @@ impl Ragged {
             tok_ex: Vec::with_capacity(tokens),
             ctx_idx: Vec::with_capacity(tokens * context),
             ctx_mask: Vec::with_capacity(tokens * context),
+            tok_oov: Vec::with_capacity(tokens),
+            oov_row: oov.map_or(i64::from(PAD), &mut map),
             offsets: Vec::with_capacity(examples.len() + 1),
         };
         let mut m = 0usize;
@@ -81,6 +95,8 @@ impl Ragged {
             let n = example.tokens.len();
             for (t, token) in example.tokens.iter().enumerate() {
                 r.tok_w.push(1.0 / n as f32);
+                let unseen = oov.is_some() && token.first() == oov.as_ref();
+                r.tok_oov.push(if unseen { 1.0 } else { 0.0 });
                 r.tok_ex.push(b as i64);
                 // sqrt-n combiner: a token's vector does not grow with its number of n-grams.
                 let w = 1.0 / (token.len().max(1) as f32).sqrt();
@@ -122,6 +138,8 @@ impl Ragged {
                 "ctx_mask",
                 HostTensor::f32(&[m, c, 1], self.ctx_mask.clone()),
             ),
+            ("tok_oov", HostTensor::f32(&[m, 1], self.tok_oov.clone())),
+            ("oov_row", HostTensor::i64(&[1], vec![self.oov_row])),
             ("tok_shape", HostTensor::i64(&[2], vec![m, d.embed])),
             ("sent_shape", HostTensor::i64(&[2], vec![b, d.embed])),
         ]
@@ -140,16 +158,26 @@ pub fn dropout_mask(rng: &mut Rng, n: usize, rate: f32) -> Vec<f32> {
         .collect()
 }
 
-/// Collects the distinct vocabulary ids of a batch (PAD first) and maps each id to its row.
+/// Collects the distinct vocabulary ids of a batch (PAD first, then `always` if given) and
+/// maps each id to its row.
 ///
 /// `slot` is scratch space indexed by vocabulary id, all `u32::MAX` between calls (restored
 /// before returning), so a batch costs O(ids in the batch), not O(vocabulary).
-pub fn unique_rows(examples: &[&Encoded], slot: &mut Vec<u32>, vocab_rows: usize) -> Vec<u32> {
+pub fn unique_rows(
+    examples: &[&Encoded],
+    always: Option<u32>,
+    slot: &mut Vec<u32>,
+    vocab_rows: usize,
+) -> Vec<u32> {
     if slot.len() < vocab_rows {
         slot.resize(vocab_rows, u32::MAX);
     }
     let mut rows = vec![PAD];
     slot[PAD as usize] = 0;
+    if let Some(id) = always.filter(|&id| id != PAD) {
+        slot[id as usize] = 1;
+        rows.push(id);
+    }
     for example in examples {
         for token in &example.tokens {
             for &id in token {
@@ -188,7 +216,7 @@ mod tests {
         let a = ex(vec![vec![3, 4], vec![5]]);
         let b = ex(vec![vec![6, 7, 8, 9]]);
         let empty = ex(vec![]);
-        let r = Ragged::new(&[&a, &empty, &b], 1, |id| id as i64);
+        let r = Ragged::new(&[&a, &empty, &b], 1, Some(6), |id| id as i64);
         assert_eq!((r.batch, r.tokens), (3, 3));
         assert_eq!(r.ids, vec![3, 4, 5, 6, 7, 8, 9]);
         assert_eq!(r.feat_tok, vec![0, 0, 1, 2, 2, 2, 2]);
@@ -203,15 +231,18 @@ mod tests {
         // The only token of b sees only itself.
         assert_eq!(&r.ctx_idx[6..9], &[2, 2, 2]);
         assert_eq!(&r.ctx_mask[6..9], &[0.0, 1.0, 0.0]);
+        // b's token starts with the unseen-word feature 6; a's do not.
+        assert_eq!(r.tok_oov, vec![0.0, 0.0, 1.0]);
+        assert_eq!(r.oov_row, 6);
     }
 
     #[test]
     fn unique_rows_maps_ids_once() {
         let a = ex(vec![vec![3, 4], vec![4, 9]]);
         let mut slot = Vec::new();
-        let rows = unique_rows(&[&a], &mut slot, 12);
-        assert_eq!(rows, vec![0, 3, 4, 9]);
-        assert_eq!(slot[9], 3);
+        let rows = unique_rows(&[&a], Some(11), &mut slot, 12);
+        assert_eq!(rows, vec![0, 11, 3, 4, 9]);
+        assert_eq!(slot[9], 4);
         clear_slots(&rows, &mut slot);
         assert!(slot.iter().all(|&s| s == u32::MAX));
     }

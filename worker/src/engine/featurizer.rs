@@ -16,6 +16,15 @@
 //!   fine-tuned model's embedding only gains rows.
 //! - [`Featurizer::featurize`] turns a text into per-token id lists for the model; features the
 //!   vocabulary lacks are skipped and counted.
+//! - **Unseen words.** With word features on, the vocabulary also holds [`OOV_WORD`]
+//!   (`w:<oov>`, added by the first [`Vocabulary::fit`], or appended by the next one for a
+//!   vocabulary written before it existed). A token whose word the vocabulary lacks gets that
+//!   feature in place of its word feature: the intent head sees "a word I have not seen" plus
+//!   the word's character n-grams, the entity tagger sees that token as [`OOV_WORD`] alone and
+//!   judges it by its neighbours (see `model`). The trainer teaches both what that means by
+//!   swapping the word feature of words seen only once in the training data for [`OOV_WORD`]
+//!   (see `TrainOptions::rare_word_oov`): in `transfer money to sara`, an unseen name after
+//!   `to` is a person, much like the one-off names of the training data.
 //!
 //! # `vocab.json`
 //!
@@ -52,6 +61,10 @@ pub const VOCAB_FORMAT: u32 = 1;
 const WORD_PREFIX: &str = "w:";
 /// Key prefix of character n-gram features.
 const CHAR_PREFIX: &str = "c:";
+
+/// The feature of a word the vocabulary lacks (`<` is never part of a token, so no word has
+/// this key).
+pub const OOV_WORD: &str = "w:<oov>";
 
 /// A word token and where it is in the original text.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -293,6 +306,17 @@ impl Vocabulary {
         self.index.get(key).copied()
     }
 
+    /// The id of [`OOV_WORD`], if the vocabulary has it.
+    pub fn oov_id(&self) -> Option<u32> {
+        self.id(OOV_WORD)
+    }
+
+    /// Whether `id` is a word feature (not [`OOV_WORD`], not an n-gram).
+    pub fn is_word(&self, id: u32) -> bool {
+        self.key(id)
+            .is_some_and(|k| k.starts_with(WORD_PREFIX) && k != OOV_WORD)
+    }
+
     /// The key of an id; `None` for [`PAD`] and unknown ids.
     pub fn key(&self, id: u32) -> Option<&str> {
         let i = (id as usize).checked_sub(1)?;
@@ -319,6 +343,9 @@ impl Vocabulary {
                 for_each_feature(&spec, &token.text, &mut key, |k| self.insert(k));
             }
         }
+        if spec.word_tokens {
+            self.insert(OOV_WORD);
+        }
         self.keys.len() - before
     }
 
@@ -336,6 +363,7 @@ impl Vocabulary {
     pub fn words(&self) -> BTreeSet<String> {
         self.keys
             .iter()
+            .filter(|k| *k != OOV_WORD)
             .filter_map(|k| k.strip_prefix(WORD_PREFIX))
             .map(str::to_owned)
             .collect()
@@ -489,9 +517,11 @@ impl Featurizer {
     }
 
     /// Tokenizes `text` and looks up each token's features (see the module docs for the order
-    /// and the limits). Unknown features are skipped and counted.
+    /// and the limits). Unknown features are skipped and counted; an unknown word feature is
+    /// replaced by [`OOV_WORD`] when the vocabulary has it.
     pub fn featurize(&self, text: &str) -> FeaturizedText {
         let spec = self.vocab.spec();
+        let oov = self.vocab.oov_id();
         let mut tokens = tokenize(text, spec.lowercase);
         let mut out = FeaturizedText {
             dropped_tokens: tokens.len().saturating_sub(self.limits.max_tokens),
@@ -510,7 +540,12 @@ impl Featurizer {
                 Some(id) if ids.contains(&id) => {}
                 Some(_) if ids.len() >= self.limits.max_features_per_token => dropped += 1,
                 Some(id) => ids.push(id),
-                None => unknown += 1,
+                None => {
+                    unknown += 1;
+                    if let Some(oov) = oov.filter(|_| k.starts_with(WORD_PREFIX)) {
+                        ids.push(oov);
+                    }
+                }
             });
             out.unknown_features += unknown;
             out.dropped_features += dropped;
@@ -638,20 +673,50 @@ mod tests {
     #[test]
     fn vocabulary_appends_and_keeps_ids() {
         let mut vocab = Vocabulary::new(FeaturizerSpec::default());
-        assert_eq!(vocab.fit(["hi"]), 10);
+        // w:hi, 9 n-grams, and the unseen-word feature after them.
+        assert_eq!(vocab.fit(["hi"]), 11);
         assert_eq!(vocab.id("w:hi"), Some(1));
         assert_eq!(vocab.key(1), Some("w:hi"));
         assert_eq!(vocab.key(PAD), None);
-        assert_eq!(vocab.num_ids(), 11);
+        assert_eq!(vocab.oov_id(), Some(11));
+        assert!(vocab.is_word(1) && !vocab.is_word(11) && !vocab.is_word(2));
+        assert_eq!(vocab.num_ids(), 12);
         // "ha" adds w:ha, c:a, c:ha, c:a␠, c:␠ha, c:ha␠, c:␠ha␠ (c:␠, c:h, c:␠h are known).
         assert_eq!(vocab.fit(["ha!", "hi"]), 7);
         assert_eq!(vocab.id("w:hi"), Some(1));
-        assert_eq!(vocab.id("w:ha"), Some(11));
+        assert_eq!(vocab.id("w:ha"), Some(12));
+        assert_eq!(vocab.oov_id(), Some(11));
         assert_eq!(vocab.fit(["HI ha"]), 0);
         assert_eq!(
             vocab.words(),
             BTreeSet::from(["ha".to_owned(), "hi".to_owned()])
         );
+    }
+
+    #[test]
+    fn a_vocabulary_without_the_unseen_word_feature_gains_it_at_the_end() {
+        // vocab.json written before the feature existed: w:hi and its n-grams only.
+        let mut vocab = Vocabulary::new(FeaturizerSpec::default());
+        vocab.fit(["hi"]);
+        let mut file: serde_json::Value = serde_json::from_slice(&vocab.to_json()).unwrap();
+        file["features"].as_array_mut().unwrap().pop();
+        let old = Vocabulary::from_json(&serde_json::to_vec(&file).unwrap(), vocab.spec()).unwrap();
+        assert_eq!(old.oov_id(), None);
+        // Without it, an unknown word is only its known n-grams.
+        let f = Featurizer::new(old.clone(), FeatureLimits::default());
+        assert_eq!(f.featurize("ho").tokens[0].ids.len(), 3);
+        let mut grown = old.clone();
+        assert_eq!(grown.fit(["hi"]), 1);
+        assert_eq!(grown.oov_id(), Some(old.num_ids() as u32));
+        assert_eq!(&grown.keys()[..old.len()], old.keys());
+        assert!(grown.words().contains("hi") && !grown.words().contains("<oov>"));
+        // Without word features there is no unseen-word feature.
+        let mut chars_only = Vocabulary::new(FeaturizerSpec {
+            word_tokens: false,
+            ..FeaturizerSpec::default()
+        });
+        chars_only.fit(["hi"]);
+        assert_eq!(chars_only.oov_id(), None);
     }
 
     #[test]
@@ -702,10 +767,12 @@ mod tests {
         assert_eq!(out.tokens.len(), 2);
         assert_eq!(out.tokens[0].ids, (1..=10).collect::<Vec<u32>>());
         assert_eq!((out.tokens[1].start, out.tokens[1].end), (4, 6));
-        // "ho": w:ho, c:o, c: h known... only c: and c:h and c: h are known.
+        // "ho": the unknown word becomes the unseen-word feature; of its n-grams only c:␠,
+        // c:h and c:␠h are known.
         assert_eq!(
             out.tokens[1].ids,
             [
+                vocab.oov_id().unwrap(),
                 vocab.id("c: ").unwrap(),
                 vocab.id("c:h").unwrap(),
                 vocab.id("c: h").unwrap()
@@ -768,7 +835,8 @@ mod tests {
             (set1.len(), set2.len(), test.len(), nlu.len()),
             (367, 92, 115, 574)
         );
-        assert_eq!((added1, after2.len(), full.len()), (2893, 3150, 3432));
+        // Each count includes the unseen-word feature.
+        assert_eq!((added1, after2.len(), full.len()), (2894, 3151, 3433));
         // The splits partition nlu.yml, so the feature sets agree (the order may not).
         vocab.fit(texts(&test));
         let a: BTreeSet<&String> = vocab.keys().iter().collect();

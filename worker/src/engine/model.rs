@@ -4,7 +4,8 @@
 //! ```text
 //! feature ids [B,T,F] ─Gather(embedding)─▶ [B,T,F,D] ×weights ─Σ_F─▶ tokens [B,T,D] ─+b, ReLU, dropout─▶ h
 //! h ─mean and max over an example's tokens─▶ sentence [B,D]×2 ─MLP─▶ intent logits [B,C]
-//! h ─flatten, Gather(context window)─▶ [B·T, 2w+1, D] ─MLP─▶ tag logits [B·T, K]   (BILOU tags)
+//! h' = h, but an unseen word's token is the unseen-word row alone (its n-grams dropped)
+//! h' ─flatten, Gather(context window)─▶ [B·T, 2w+1, D] ─MLP─▶ tag logits [B·T, K]   (BILOU tags)
 //! loss = intent cross-entropy + tag cross-entropy
 //! ```
 //!
@@ -103,6 +104,11 @@ struct Batch {
     ctx_idx: Value,
     /// `[M, 2w+1, 1]` 1 inside the example, 0 outside.
     ctx_mask: Value,
+    /// `[M, 1]` 1 for a token whose word is unseen (its first feature is the unseen-word
+    /// feature), else 0.
+    tok_oov: Value,
+    /// `[1]` the unseen-word feature's row in the embedding (0 without one).
+    oov_row: Value,
     /// `[2]` = `[M, D]`, the shape of the token matrix.
     tok_shape: Value,
     /// `[2]` = `[B, D]`, the shape of the sentence matrix.
@@ -122,7 +128,13 @@ fn batch_inputs(g: &mut Graph, dt: DType, d: &Dims) -> Batch {
             DType::I64,
             vec![m.clone(), Dim::Fixed(d.context())],
         ),
-        ctx_mask: g.input("ctx_mask", dt, vec![m, Dim::Fixed(d.context()), one]),
+        ctx_mask: g.input(
+            "ctx_mask",
+            dt,
+            vec![m.clone(), Dim::Fixed(d.context()), one.clone()],
+        ),
+        tok_oov: g.input("tok_oov", dt, vec![m, one.clone()]),
+        oov_row: g.input("oov_row", DType::I64, vec![one]),
         tok_shape: g.input("tok_shape", DType::I64, vec![Dim::Fixed(2)]),
         sent_shape: g.input("sent_shape", DType::I64, vec![Dim::Fixed(2)]),
     }
@@ -174,9 +186,18 @@ fn forward(
     let zeros = g.expand_to(zero, batch.tok_shape, vec![m.clone(), Dim::Fixed(d.embed)]);
     let tok = g.scatter_add_rows(zeros, batch.feat_tok, e);
     let tok = g.add(tok, p.get("b_tok"));
+    // The tagger's view: an unseen word is the unseen-word feature alone (weight 1), so it is
+    // judged by its neighbours, not by n-grams that say little about a new name.
+    let oov = g.gather(embedding, batch.oov_row);
+    let oov = g.add(oov, p.get("b_tok"));
+    let towards_oov = g.sub(oov, tok);
+    let towards_oov = g.mul(towards_oov, batch.tok_oov);
+    let tok_ent = g.add(tok, towards_oov);
     let mut h = g.relu(tok);
+    let mut h_ent = g.relu(tok_ent);
     if let Some(drop) = dropout {
         h = g.mul(h, drop.tok);
+        h_ent = g.mul(h_ent, drop.tok);
     }
 
     // Intent head: the mean of an example's token vectors, then an MLP.
@@ -203,7 +224,7 @@ fn forward(
     let intent_logits = g.add(intent_logits, p.get("b_int2"));
 
     // Entity head: each token with its neighbours, then an MLP over BILOU tags.
-    let ctx = g.gather(h, batch.ctx_idx);
+    let ctx = g.gather(h_ent, batch.ctx_idx);
     let ctx = g.mul(ctx, batch.ctx_mask);
     let ctx = g.reshape(
         ctx,
@@ -361,8 +382,9 @@ pub const TAG_PROBS: &str = "tag_probs";
 /// vocabulary ids), `feat_w` (`[N, 1]`, 1/√(features of the token)), `feat_tok` (`[N, 1]`, the
 /// feature's token), `tok_w` (`[M, 1]`, 1/(tokens of the example)), `tok_ex` (`[M, 1]`, the
 /// token's example), `ctx_idx` (`[M, 2w+1]`, the tokens of each token's context window, itself
-/// outside the example), `ctx_mask` (`[M, 2w+1, 1]`, 0 outside the example), `tok_shape` (`[M,
-/// D]`) and `sent_shape` (`[B, D]`). Outputs: [`INTENT_PROBS`] (`[B, C]`) and [`TAG_PROBS`]
+/// outside the example), `ctx_mask` (`[M, 2w+1, 1]`, 0 outside the example), `tok_oov` (`[M,
+/// 1]`, 1 for a token whose word is unseen), `oov_row` (`[1]`, the unseen-word feature's id, 0
+/// without one), `tok_shape` (`[M, D]`) and `sent_shape` (`[B, D]`). Outputs: [`INTENT_PROBS`] (`[B, C]`) and [`TAG_PROBS`]
 /// (`[M, K]`).
 pub fn infer_graph(d: &Dims, data: &ParamData<'_>) -> Graph {
     let dt = DType::F32;

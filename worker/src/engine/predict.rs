@@ -180,7 +180,8 @@ impl Predictor {
     pub fn run(&mut self, texts: &[FeaturizedText]) -> Result<RawOutput, EngineError> {
         let encoded: Vec<Encoded> = texts.iter().map(Encoded::from_text).collect();
         let refs: Vec<&Encoded> = encoded.iter().collect();
-        let ragged = Ragged::new(&refs, self.dims.window, |id| id as i64);
+        let oov = self.featurizer.vocab().oov_id();
+        let ragged = Ragged::new(&refs, self.dims.window, oov, |id| id as i64);
         let inputs = ragged.inputs("feat_ids", &self.dims);
         let mut out = run_f32(&mut self.session, &inputs, &[INTENT_PROBS, TAG_PROBS])?;
         let tags = out.pop().expect("requested").1;

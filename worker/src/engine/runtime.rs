@@ -243,8 +243,16 @@ impl From<OptimizationLevel> for GraphOptimizationLevel {
 pub struct RuntimeOptions {
     /// Where sessions run. Default: the CPU.
     pub device: Device,
-    /// Threads ONNX Runtime uses inside one operator (its intra-op thread pool); 0 lets ONNX
-    /// Runtime choose (the number of physical cores). Default: `std::thread::available_parallelism`.
+    /// CPU threads one session (one training run or predictor) may use. Default:
+    /// `std::thread::available_parallelism`.
+    ///
+    /// On the CPU, ONNX Runtime runs refit's graphs on **one** intra-op thread whatever this says:
+    /// its `ScatterND` kernel with a reduction — the embedding bag's sums and their gradients —
+    /// splits the updates over the threads without synchronising them, so with more than one
+    /// thread updates to the same row are lost (measured with ONNX Runtime 1.32: wrong sums, and
+    /// a different result on every run). A training run uses a second thread, when this allows
+    /// it, to prepare the next batch while ONNX Runtime runs the current step. On CUDA the value
+    /// is ONNX Runtime's intra-op thread count (0 lets it choose).
     pub intra_threads: usize,
     /// Graph optimisation level. Default: [`OptimizationLevel::All`].
     pub optimization: OptimizationLevel,
@@ -260,6 +268,21 @@ impl Default for RuntimeOptions {
     }
 }
 
+impl RuntimeOptions {
+    /// ONNX Runtime's intra-op thread count for a session (see [`RuntimeOptions::intra_threads`]).
+    pub fn session_threads(&self) -> usize {
+        match self.device {
+            Device::Cpu => 1,
+            Device::Cuda(_) => self.intra_threads,
+        }
+    }
+
+    /// Whether a training run may prepare batches on a thread of its own.
+    pub fn prepare_in_parallel(&self) -> bool {
+        self.device == Device::Cpu && self.intra_threads != 1
+    }
+}
+
 /// Creates a session for the ONNX model `model` (the bytes of a `.onnx` file), loading ONNX
 /// Runtime first if needed.
 pub fn session_from_bytes(model: &[u8], opts: &RuntimeOptions) -> Result<Session, EngineError> {
@@ -269,8 +292,16 @@ pub fn session_from_bytes(model: &[u8], opts: &RuntimeOptions) -> Result<Session
         .map_err(EngineError::ort(
             "failed to set the graph optimization level",
         ))?
-        .with_intra_threads(opts.intra_threads)
+        .with_intra_threads(opts.session_threads())
         .map_err(EngineError::ort("failed to set the intra-op thread count"))?;
+    // Diagnostics: `REFIT_ORT_PROFILE=PREFIX` writes ONNX Runtime's per-node profile of every
+    // session to `PREFIX_<date>.json` when the session ends (see BENCHMARKS.md).
+    let builder = match std::env::var_os("REFIT_ORT_PROFILE") {
+        Some(prefix) => builder
+            .with_profiling(prefix)
+            .map_err(EngineError::ort("failed to enable profiling"))?,
+        None => builder,
+    };
     let mut builder = match opts.device {
         Device::Cpu => builder,
         Device::Cuda(device_id) => with_cuda(builder, device_id)?,
@@ -375,8 +406,7 @@ pub type F32Output = Output<f32>;
 /// Runs `session` on named inputs and returns the named FLOAT outputs as `(shape, values)`, in the
 /// order of `outputs`. Only the requested outputs are computed (ONNX Runtime prunes the rest).
 ///
-/// Meant for tests, finite-difference checks and other one-off runs: it copies outputs out of
-/// ONNX Runtime. The training loop binds its buffers with `IoBinding` instead.
+/// It copies the outputs out of ONNX Runtime's buffers.
 pub fn run_f32(
     session: &mut Session,
     inputs: &[(&str, HostTensor)],
@@ -495,6 +525,24 @@ mod tests {
             )
         );
         assert_eq!(best_install(&root.path().join("missing")), None);
+    }
+
+    #[test]
+    fn cpu_sessions_run_on_one_thread_and_training_prepares_on_another() {
+        let cpu = |n| RuntimeOptions {
+            intra_threads: n,
+            ..RuntimeOptions::default()
+        };
+        assert_eq!(cpu(4).session_threads(), 1);
+        assert!(cpu(2).prepare_in_parallel());
+        assert!(!cpu(1).prepare_in_parallel());
+        let cuda = RuntimeOptions {
+            device: Device::Cuda(0),
+            intra_threads: 4,
+            ..RuntimeOptions::default()
+        };
+        assert_eq!(cuda.session_threads(), 4);
+        assert!(!cuda.prepare_in_parallel());
     }
 
     #[test]

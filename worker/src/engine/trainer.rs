@@ -5,6 +5,7 @@
 //! and writes the updated values back. Shuffling and dropout draw from the checkpointed RNG, so
 //! a run resumed from an epoch-boundary checkpoint continues exactly as an uninterrupted one.
 
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::time::Instant;
 
@@ -38,6 +39,11 @@ pub struct TrainOptions {
     pub entity_loss_weight: f32,
     /// Share of a token's input features dropped at random in each step. Default 0.2.
     pub feature_dropout: f32,
+    /// Chance, drawn anew each epoch, that a word seen only once in the training data appears
+    /// as [`OOV_WORD`](super::featurizer::OOV_WORD) (its n-grams kept for the intent head; the
+    /// tagger then sees the unseen-word feature alone), so the model learns what to make of
+    /// words it has never seen. Default 0.7.
+    pub rare_word_oov: f32,
     /// Where the graphs run.
     pub runtime: RuntimeOptions,
 }
@@ -50,6 +56,7 @@ impl Default for TrainOptions {
             weight_decay: 1e-4,
             dropout: 0.2,
             feature_dropout: 0.2,
+            rare_word_oov: 0.7,
             entity_loss_weight: 1.0,
             runtime: RuntimeOptions::default(),
         }
@@ -105,6 +112,48 @@ pub struct TrainReport {
     pub seconds: f64,
     /// Examples per second.
     pub examples_per_sec: f64,
+}
+
+/// The tokens of a training set whose word occurs only once in it: the ones that stand in for
+/// unseen words.
+struct RareWords {
+    oov: Option<u32>,
+    /// (example, token, word feature id)
+    at: Vec<(usize, usize, u32)>,
+}
+
+impl RareWords {
+    fn find(encoded: &[Encoded], vocab: &Vocabulary) -> Self {
+        let word = |token: &Vec<u32>| token.first().copied().filter(|&id| vocab.is_word(id));
+        let mut count: HashMap<u32, u32> = HashMap::new();
+        for token in encoded.iter().flat_map(|e| &e.tokens) {
+            if let Some(id) = word(token) {
+                *count.entry(id).or_default() += 1;
+            }
+        }
+        let mut at = Vec::new();
+        for (e, example) in encoded.iter().enumerate() {
+            for (t, token) in example.tokens.iter().enumerate() {
+                if let Some(id) = word(token).filter(|id| count[id] == 1) {
+                    at.push((e, t, id));
+                }
+            }
+        }
+        Self {
+            oov: vocab.oov_id(),
+            at,
+        }
+    }
+
+    /// Gives each rare word its own id or, with chance `rate`, [`OOV_WORD`]'s.
+    fn draw(&self, encoded: &mut [Encoded], rate: f32, rng: &mut Rng) {
+        let Some(oov) = self.oov.filter(|_| rate > 0.0) else {
+            return;
+        };
+        for &(e, t, id) in &self.at {
+            encoded[e].tokens[t][0] = if rng.next_f32() < rate { oov } else { id };
+        }
+    }
 }
 
 /// A model: its architecture, featurizer (with the vocabulary), tag set and parameters.
@@ -259,7 +308,8 @@ impl NluModel {
         opts: &TrainOptions,
         observer: &mut dyn TrainObserver,
     ) -> Result<TrainReport, EngineError> {
-        let encoded = self.encode(data)?;
+        let mut encoded = self.encode(data)?;
+        let rare = RareWords::find(&encoded, self.featurizer.vocab());
         let d = self.dims();
         let adam = AdamW::default();
         let graph = train_graph(&d, &adam).map_err(|e| EngineError::Graph(e.to_string()))?;
@@ -278,6 +328,7 @@ impl NluModel {
         let mut order: Vec<usize> = (0..encoded.len()).collect();
 
         for epoch in start_epoch..epochs {
+            rare.draw(&mut encoded, opts.rare_word_oov, &mut rng);
             order.sort_unstable();
             rng.shuffle(&mut order);
             let mut loss_sum = 0.0;
@@ -339,8 +390,9 @@ impl NluModel {
         slot: &mut Vec<u32>,
     ) -> Result<f64, EngineError> {
         let ckpt = &mut self.checkpoint;
-        let rows = unique_rows(batch, slot, ckpt.vocab_rows() as usize);
-        let mut padded = Ragged::new(batch, d.window, |id| slot[id as usize] as i64);
+        let oov = self.featurizer.vocab().oov_id();
+        let rows = unique_rows(batch, oov, slot, ckpt.vocab_rows() as usize);
+        let mut padded = Ragged::new(batch, d.window, oov, |id| slot[id as usize] as i64);
         clear_slots(&rows, slot);
         if opts.feature_dropout > 0.0 {
             let keep = 1.0 - opts.feature_dropout;
