@@ -5,7 +5,7 @@
 //! models use are exposed as methods; each checks its operands and infers its output's shape.
 //! [`Graph::to_model`] writes an ONNX `ModelProto`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::onnx;
 
@@ -180,6 +180,8 @@ pub struct Graph {
     outputs: Vec<Value>,
     initializers: Vec<(Value, Vec<i64>, TensorData)>,
     names: BTreeMap<String, Value>,
+    /// Values named by the builder, not by the caller.
+    anonymous: BTreeSet<Value>,
     counter: usize,
 }
 
@@ -241,6 +243,7 @@ impl Graph {
     }
 
     fn new_value(&mut self, name: Option<&str>, dtype: DType, shape: Shape) -> Value {
+        let generated = name.is_none();
         let name = match name {
             Some(n) => n.to_owned(),
             None => {
@@ -254,6 +257,9 @@ impl Graph {
         );
         let v = Value(self.values.len());
         self.names.insert(name.clone(), v);
+        if generated {
+            self.anonymous.insert(v);
+        }
         self.values.push(ValueInfo { name, dtype, shape });
         v
     }
@@ -265,8 +271,23 @@ impl Graph {
         v
     }
 
-    /// Marks a value as a graph output under a new name (an Identity node renames it).
+    /// Marks a value as a graph output under a new name. A node's unnamed output is renamed in
+    /// place; anything else (an input, an initializer, a named or already exported value) gets
+    /// an Identity node, which copies it.
     pub fn output(&mut self, v: Value, name: &str) -> Value {
+        let produced = self.nodes.iter().any(|n| n.outputs.contains(&v));
+        if produced && self.anonymous.contains(&v) && !self.outputs.contains(&v) {
+            assert!(
+                !self.names.contains_key(name),
+                "value name {name:?} used twice"
+            );
+            self.anonymous.remove(&v);
+            let old = std::mem::replace(&mut self.values[v.0].name, name.to_owned());
+            self.names.remove(&old);
+            self.names.insert(name.to_owned(), v);
+            self.outputs.push(v);
+            return v;
+        }
         let out = self.new_value(Some(name), self.dtype(v), self.shape(v).clone());
         self.push("Identity", &[v], vec![out], BTreeMap::new());
         self.outputs.push(out);
@@ -613,6 +634,25 @@ impl Graph {
             dtype,
             shape,
         )
+    }
+
+    /// Splits `x` along axis 0 into pieces of the lengths in the 1-D i64 `sizes` (Split with
+    /// its `split` input), one output per entry of `shapes` (the pieces' shapes).
+    pub fn split0(&mut self, x: Value, sizes: Value, shapes: Vec<Shape>) -> Vec<Value> {
+        let dtype = self.dtype(x);
+        let outs: Vec<Value> = shapes
+            .into_iter()
+            .map(|shape| self.new_value(None, dtype, shape))
+            .collect();
+        let attrs = BTreeMap::from([("axis".to_owned(), Attr::Int(0))]);
+        self.push("Split", &[x, sizes], outs.clone(), attrs);
+        outs
+    }
+
+    /// Joins values along `axis` (Concat); `shape` is the result's.
+    pub fn concat(&mut self, parts: &[Value], axis: i64, shape: Shape) -> Value {
+        let dtype = self.dtype(parts[0]);
+        self.node("Concat", parts, &[("axis", Attr::Int(axis))], dtype, shape)
     }
 
     /// Appends a trailing dim of 1.

@@ -245,30 +245,50 @@ fn forward(
     }
 }
 
+/// The dense parameters in the order the training step lays them out after the embedding rows:
+/// first those that decay (matrices), then the rest (biases), each in [`dense_params`] order.
+/// So the decayed values of the flat parameter vector are one prefix of it.
+pub fn flat_dense_order(d: &Dims) -> Vec<(&'static str, Vec<i64>)> {
+    let (mut decayed, mut rest): (Vec<_>, Vec<_>) =
+        dense_params(d).into_iter().partition(|(n, _)| decays(n));
+    decayed.append(&mut rest);
+    decayed
+}
+
 /// Builds the training-step graph.
 ///
-/// Inputs: `emb_rows`, `emb_rows_m`, `emb_rows_v` (`[U, D]`); `feat_idx` (`[N]`, indices into
-/// `emb_rows`); the batch inputs of [`infer_graph`]; dropout masks `drop_tok` (`[M,D]`),
-/// `drop_int` (`[B,H]`), `drop_ent` (`[M,H]`); targets `intent_target` (`[B,C]`, one-hot already
-/// divided by B) and `tag_target` (`[M,K]`, one-hot divided by the batch's token count, times the
-/// entity loss weight); for each dense parameter `p` the inputs
-/// `p`, `p_m`, `p_v`; scalars `lr_t` (the bias-corrected step size) and `lr_wd` (learning rate
-/// times weight decay).
+/// All trainable values travel as **one flat vector** `params` (`[S]`): the `U` embedding rows
+/// the batch uses (`[U, D]`, row-major), then the dense parameters in [`flat_dense_order`]; its
+/// AdamW moments `params_m` and `params_v` alike. One Split cuts it into the parameters, one
+/// Concat joins their gradients, and one AdamW updates everything: a few dozen nodes instead of
+/// a dozen per parameter, which is where a step's time went (ONNX Runtime's per-node cost, not
+/// arithmetic, dominates at these sizes).
 ///
-/// Outputs: `loss`, `intent_loss`, `tag_loss`, and `new_<x>` for every parameter and moment input
-/// (`new_emb_rows`, `new_emb_rows_m`, …).
+/// Inputs: `params`, `params_m`, `params_v` (`[S]`); `sizes` (`[1 + dense]`: `U·D`, then each
+/// dense parameter's length, in flat order); `decay_sizes` (`[2]`: the length of the decayed
+/// prefix, `U·D` plus the matrices, and of the rest); `feat_idx` (`[N]`, indices into the
+/// batch's embedding rows); the batch inputs of [`infer_graph`]; dropout masks `drop_tok`
+/// (`[M,D]`), `drop_int` (`[B,H]`), `drop_ent` (`[M,H]`); targets `intent_target` (`[B,C]`,
+/// one-hot already divided by B) and `tag_target` (`[M,K]`, one-hot divided by the batch's
+/// token count, times the entity loss weight); scalars `lr_t` (the bias-corrected step size)
+/// and `keep` (`1 − learning rate × weight decay`).
+///
+/// Outputs: `loss`, `intent_loss`, `tag_loss`, `new_params`, `new_params_m`, `new_params_v`.
 pub fn train_graph(d: &Dims, adam: &AdamW) -> Result<Graph, AutodiffError> {
     let dt = DType::F32;
     let mut g = Graph::new();
-    let (rows, b, m, n) = (
-        Dim::sym("rows"),
-        Dim::sym("batch"),
-        Dim::sym("tokens"),
-        Dim::sym("features"),
+    let (b, m, n) = (Dim::sym("batch"), Dim::sym("tokens"), Dim::sym("features"));
+    let flat = || vec![Dim::sym("params")];
+    let params = g.input("params", dt, flat());
+    let params_m = g.input("params_m", dt, flat());
+    let params_v = g.input("params_v", dt, flat());
+    let order = flat_dense_order(d);
+    let sizes = g.input(
+        "sizes",
+        DType::I64,
+        vec![Dim::Fixed(1 + order.len() as i64)],
     );
-    let emb = g.input("emb_rows", dt, vec![rows.clone(), Dim::Fixed(d.embed)]);
-    let emb_m = g.input("emb_rows_m", dt, vec![rows.clone(), Dim::Fixed(d.embed)]);
-    let emb_v = g.input("emb_rows_v", dt, vec![rows, Dim::Fixed(d.embed)]);
+    let decay_sizes = g.input("decay_sizes", DType::I64, vec![Dim::Fixed(2)]);
     let feat_idx = g.input("feat_idx", DType::I64, vec![n]);
     let batch = batch_inputs(&mut g, dt, d);
     let dropout = Dropout {
@@ -278,45 +298,72 @@ pub fn train_graph(d: &Dims, adam: &AdamW) -> Result<Graph, AutodiffError> {
     };
     let intent_target = g.input("intent_target", dt, vec![b, Dim::Fixed(d.intents)]);
     let tag_target = g.input("tag_target", dt, vec![m, Dim::Fixed(d.tags)]);
-
-    let mut dense = Vec::new();
-    let mut moments = Vec::new();
-    for (name, dims) in dense_params(d) {
-        let shape: Vec<Dim> = dims.iter().map(|&n| Dim::Fixed(n)).collect();
-        let p = g.input(name, dt, shape.clone());
-        let m = g.input(&format!("{name}_m"), dt, shape.clone());
-        let v = g.input(&format!("{name}_v"), dt, shape);
-        dense.push((name, p));
-        moments.push((m, v));
-    }
     let lr_t = g.input("lr_t", dt, vec![]);
-    let lr_wd = g.input("lr_wd", dt, vec![]);
-    let params = Params { dense };
+    let keep = g.input("keep", dt, vec![]);
 
-    let fwd = forward(&mut g, d, emb, feat_idx, &params, &batch, Some(&dropout));
+    // Cut the flat vector into the parameters.
+    let mut piece_shapes = vec![vec![Dim::sym("embedding_values")]];
+    piece_shapes.extend(
+        order
+            .iter()
+            .map(|(_, dims)| vec![Dim::Fixed(dims.iter().product())]),
+    );
+    let pieces = g.split0(params, sizes, piece_shapes);
+    let emb = g.reshape(
+        pieces[0],
+        &[-1, d.embed],
+        vec![Dim::sym("rows"), Dim::Fixed(d.embed)],
+    );
+    let mut dense = Vec::new();
+    for ((name, dims), &piece) in order.iter().zip(&pieces[1..]) {
+        let shape = dims.iter().map(|&n| Dim::Fixed(n)).collect();
+        dense.push((*name, g.reshape(piece, dims, shape)));
+    }
+    let params_by_name = Params { dense };
+
+    let fwd = forward(
+        &mut g,
+        d,
+        emb,
+        feat_idx,
+        &params_by_name,
+        &batch,
+        Some(&dropout),
+    );
     let intent_loss = cross_entropy(&mut g, fwd.intent_logits, intent_target);
     let tag_loss = cross_entropy(&mut g, fwd.tag_logits, tag_target);
     let loss = g.add(intent_loss, tag_loss);
 
     let mut wrt = vec![emb];
-    wrt.extend(params.dense.iter().map(|(_, v)| *v));
+    wrt.extend(params_by_name.dense.iter().map(|(_, v)| *v));
     let grads = gradients(&mut g, loss, &wrt)?;
+    let mut flat_grads = Vec::with_capacity(grads.len());
+    for (i, &grad) in grads.iter().enumerate() {
+        let len = match i {
+            0 => Dim::sym("embedding_values"),
+            _ => Dim::Fixed(order[i - 1].1.iter().product()),
+        };
+        flat_grads.push(g.reshape(grad, &[-1], vec![len]));
+    }
+    let grad = g.concat(&flat_grads, 0, flat());
 
     g.output(loss, "loss");
     g.output(intent_loss, "intent_loss");
     g.output(tag_loss, "tag_loss");
-
-    let update = |g: &mut Graph, name: &str, p: Value, m: Value, v: Value, grad: Value| {
-        let (np, nm, nv) = adamw(g, adam, p, m, v, grad, lr_t, decays(name).then_some(lr_wd));
-        g.output(np, &format!("new_{}", g.name(p).to_owned()));
-        g.output(nm, &format!("new_{}", g.name(m).to_owned()));
-        g.output(nv, &format!("new_{}", g.name(v).to_owned()));
-    };
-    update(&mut g, EMBEDDING, emb, emb_m, emb_v, grads[0]);
-    for (i, (name, p)) in params.dense.iter().enumerate() {
-        let (m, v) = moments[i];
-        update(&mut g, name, *p, m, v, grads[i + 1]);
-    }
+    let (new_p, new_m, new_v) = adamw(
+        &mut g,
+        adam,
+        params,
+        params_m,
+        params_v,
+        grad,
+        lr_t,
+        keep,
+        decay_sizes,
+    );
+    g.output(new_p, "new_params");
+    g.output(new_m, "new_params_m");
+    g.output(new_v, "new_params_v");
     Ok(g)
 }
 
@@ -328,8 +375,9 @@ fn cross_entropy(g: &mut Graph, logits: Value, target: Value) -> Value {
     g.neg(s)
 }
 
-/// One AdamW update as graph nodes (Kingma & Ba's efficient form with the bias correction
-/// folded into `lr_t`; decoupled weight decay `p ← p − lr·wd·p` when `lr_wd` is given).
+/// One AdamW update of a flat vector as graph nodes (Kingma & Ba's efficient form with the bias
+/// correction folded into `lr_t`), with decoupled weight decay `p ← keep·p` on the prefix whose
+/// length is the first entry of `decay_sizes` (the second is the rest's).
 #[allow(clippy::too_many_arguments)]
 fn adamw(
     g: &mut Graph,
@@ -339,8 +387,10 @@ fn adamw(
     v: Value,
     grad: Value,
     lr_t: Value,
-    lr_wd: Option<Value>,
+    keep: Value,
+    decay_sizes: Value,
 ) -> (Value, Value, Value) {
+    let flat = || vec![Dim::sym("params")];
     let m1 = g.scale(m, adam.beta1);
     let g1 = g.scale(grad, 1.0 - adam.beta1);
     let new_m = g.add(m1, g1);
@@ -353,11 +403,14 @@ fn adamw(
     let denom = g.add(root, eps);
     let step = g.div(new_m, denom);
     let step = g.mul(step, lr_t);
-    let mut new_p = g.sub(p, step);
-    if let Some(lr_wd) = lr_wd {
-        let decay = g.mul(p, lr_wd);
-        new_p = g.sub(new_p, decay);
-    }
+    let parts = g.split0(
+        p,
+        decay_sizes,
+        vec![vec![Dim::sym("decayed")], vec![Dim::sym("not_decayed")]],
+    );
+    let decayed = g.mul(parts[0], keep);
+    let kept = g.concat(&[decayed, parts[1]], 0, flat());
+    let new_p = g.sub(kept, step);
     (new_p, new_m, new_v)
 }
 

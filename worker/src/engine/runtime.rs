@@ -412,7 +412,31 @@ pub fn run_f32(
     inputs: &[(&str, HostTensor)],
     outputs: &[&str],
 ) -> Result<Vec<F32Output>, EngineError> {
-    run_typed(session, inputs, outputs)
+    let inputs: Vec<(&str, &HostTensor)> = inputs.iter().map(|(n, t)| (*n, t)).collect();
+    run_typed(session, &inputs, outputs)
+}
+
+/// Runs `session` on borrowed inputs and hands each requested FLOAT output to `visit` as
+/// `(index in outputs, shape, values)` while ONNX Runtime still owns it: nothing is copied out
+/// unless `visit` copies it (the training loop writes the values straight back into its
+/// parameters).
+pub fn run_f32_visit(
+    session: &mut Session,
+    inputs: &[(&str, &HostTensor)],
+    outputs: &[&str],
+    mut visit: impl FnMut(usize, &[i64], &[f32]),
+) -> Result<(), EngineError> {
+    run_with(session, inputs, outputs, |i, value| {
+        let (shape, data) =
+            value
+                .try_extract_tensor::<f32>()
+                .map_err(|err| EngineError::Value {
+                    name: outputs[i].to_owned(),
+                    reason: err.to_string(),
+                })?;
+        visit(i, shape, data);
+        Ok(())
+    })
 }
 
 /// [`run_f32`] for DOUBLE outputs (the gradient checks run in f64).
@@ -421,14 +445,36 @@ pub fn run_f64(
     inputs: &[(&str, HostTensor)],
     outputs: &[&str],
 ) -> Result<Vec<Output<f64>>, EngineError> {
-    run_typed(session, inputs, outputs)
+    let inputs: Vec<(&str, &HostTensor)> = inputs.iter().map(|(n, t)| (*n, t)).collect();
+    run_typed(session, &inputs, outputs)
 }
 
 fn run_typed<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug>(
     session: &mut Session,
-    inputs: &[(&str, HostTensor)],
+    inputs: &[(&str, &HostTensor)],
     outputs: &[&str],
 ) -> Result<Vec<Output<T>>, EngineError> {
+    let mut out = Vec::with_capacity(outputs.len());
+    run_with(session, inputs, outputs, |i, value| {
+        let (shape, data) = value
+            .try_extract_tensor::<T>()
+            .map_err(|err| EngineError::Value {
+                name: outputs[i].to_owned(),
+                reason: err.to_string(),
+            })?;
+        out.push((shape.to_vec(), data.to_vec()));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Checks the names, runs the session and hands each requested output, in order, to `each`.
+fn run_with(
+    session: &mut Session,
+    inputs: &[(&str, &HostTensor)],
+    outputs: &[&str],
+    mut each: impl FnMut(usize, &ort::value::DynValue) -> Result<(), EngineError>,
+) -> Result<(), EngineError> {
     for (name, _) in inputs {
         if !session.inputs().iter().any(|input| input.name() == *name) {
             return Err(EngineError::Value {
@@ -467,21 +513,14 @@ fn run_typed<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug
         .run_with_options(values, &run_options)
         .map_err(EngineError::ort("failed to run session"))?;
 
-    let mut out = Vec::with_capacity(outputs.len());
-    for name in outputs {
+    for (i, name) in outputs.iter().enumerate() {
         let value = results.get(*name).ok_or_else(|| EngineError::Value {
             name: (*name).to_owned(),
             reason: "missing from the session's results".to_owned(),
         })?;
-        let (shape, data) = value
-            .try_extract_tensor::<T>()
-            .map_err(|err| EngineError::Value {
-                name: (*name).to_owned(),
-                reason: err.to_string(),
-            })?;
-        out.push((shape.to_vec(), data.to_vec()));
+        each(i, value)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -16,11 +16,11 @@ use serde::{Deserialize, Serialize};
 
 use super::EngineError;
 use super::batch::{Encoded, Ragged, clear_slots, dropout_mask, unique_rows};
-use super::checkpoint::{Checkpoint, ModelMeta};
+use super::checkpoint::{Checkpoint, ModelMeta, Param, Tensor};
 use super::featurizer::{FeatureLimits, Featurizer, Vocabulary};
-use super::model::{AdamW, Dims, train_graph};
+use super::model::{AdamW, Dims, decays, dense_params, flat_dense_order, train_graph};
 use super::rng::Rng;
-use super::runtime::{HostTensor, RuntimeOptions, run_f32, session_from_bytes};
+use super::runtime::{HostTensor, RuntimeOptions, run_f32_visit, session_from_bytes};
 use super::tags::TagSet;
 
 /// How to train.
@@ -301,6 +301,11 @@ impl NluModel {
 
     /// Trains until `epochs` epochs of the current run are done (continuing from
     /// `checkpoint.state.epochs_done`, so a resumed run picks up where it stopped).
+    ///
+    /// With [`RuntimeOptions::prepare_in_parallel`], the batches (their layout, dropout masks and
+    /// targets: everything that does not depend on the parameters) are made on a second thread
+    /// while ONNX Runtime runs the current step. They draw from the RNG in the same order either
+    /// way, so both give the same model.
     pub fn train(
         &mut self,
         data: &TrainingData,
@@ -308,221 +313,384 @@ impl NluModel {
         opts: &TrainOptions,
         observer: &mut dyn TrainObserver,
     ) -> Result<TrainReport, EngineError> {
-        let mut encoded = self.encode(data)?;
-        let rare = RareWords::find(&encoded, self.featurizer.vocab());
+        let encoded = self.encode(data)?;
         let d = self.dims();
         let adam = AdamW::default();
         let graph = train_graph(&d, &adam).map_err(|e| EngineError::Graph(e.to_string()))?;
         let bytes = graph.to_model("refit_train_step").to_bytes();
-        let mut session = session_from_bytes(&bytes, &opts.runtime)?;
+        let session = session_from_bytes(&bytes, &opts.runtime)?;
 
-        let batch_size = opts.batch_size.max(1);
         let start_epoch = self.checkpoint.state.epochs_done.min(epochs as u64) as u32;
-        let steps_per_epoch = encoded.len().div_ceil(batch_size);
-        let mut slot = Vec::new();
-        let started = Instant::now();
-        let mut seen = 0u64;
-        let mut steps = 0u64;
-        let mut final_loss = f64::NAN;
-        let mut rng = Rng::from_state(self.checkpoint.state.rng);
-        let mut order: Vec<usize> = (0..encoded.len()).collect();
+        let batches = Batches {
+            rare: RareWords::find(&encoded, self.featurizer.vocab()),
+            encoded,
+            rng: Rng::from_state(self.checkpoint.state.rng),
+            epochs: start_epoch..epochs,
+            batch_size: opts.batch_size.max(1),
+            dims: d,
+            oov: self.featurizer.vocab().oov_id(),
+            vocab_rows: self.checkpoint.vocab_rows() as usize,
+            opts: opts.clone(),
+        };
+        let mut run = Run {
+            model: self,
+            session,
+            flat: FlatLayout::new(&d),
+            buffers: Default::default(),
+            adam,
+            opts,
+            observer,
+            started: Instant::now(),
+            start_epoch,
+            epochs,
+            steps_per_epoch: batches.encoded.len().div_ceil(batches.batch_size),
+            seen: 0,
+            steps: 0,
+            loss_sum: 0.0,
+            final_loss: f64::NAN,
+        };
+        if opts.runtime.prepare_in_parallel() {
+            std::thread::scope(|scope| {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Prepared>(2);
+                scope.spawn(move || batches.make(|batch| tx.send(batch).is_ok()));
+                // Dropping `rx` on an early return stops the maker at its next send.
+                rx.into_iter().try_for_each(|batch| run.step(batch))
+            })?;
+        } else {
+            let mut result = Ok(());
+            batches.make(|batch| {
+                result = run.step(batch);
+                result.is_ok()
+            });
+            result?;
+        }
+        let seconds = run.started.elapsed().as_secs_f64();
+        Ok(TrainReport {
+            epochs: epochs - start_epoch,
+            steps: run.steps,
+            final_loss: run.final_loss,
+            seconds,
+            examples_per_sec: run.seen as f64 / seconds.max(1e-9),
+        })
+    }
+}
 
-        for epoch in start_epoch..epochs {
-            rare.draw(&mut encoded, opts.rare_word_oov, &mut rng);
+/// A batch made ahead of its step: what does not depend on the parameters.
+struct Prepared {
+    /// The epoch it belongs to and its index in it.
+    epoch: u32,
+    index: usize,
+    /// Examples in it.
+    examples: usize,
+    /// The vocabulary ids of the embedding rows it uses, in row order.
+    rows: Vec<u32>,
+    /// Layout, dropout masks and targets, as graph inputs.
+    inputs: Vec<(&'static str, HostTensor)>,
+    /// On an epoch's last batch: the RNG state after the epoch (what the checkpoint keeps).
+    rng_after_epoch: Option<[u64; 4]>,
+}
+
+/// Makes a run's batches, epoch after epoch, drawing from the run's RNG in a fixed order: per
+/// epoch the rare-word swaps, then the shuffle, then per batch the feature dropout and the
+/// dropout masks.
+struct Batches {
+    encoded: Vec<Encoded>,
+    rare: RareWords,
+    rng: Rng,
+    epochs: std::ops::Range<u32>,
+    batch_size: usize,
+    dims: Dims,
+    oov: Option<u32>,
+    vocab_rows: usize,
+    opts: TrainOptions,
+}
+
+impl Batches {
+    /// Hands each batch to `sink` until it returns `false` or the run is done.
+    fn make(mut self, mut sink: impl FnMut(Prepared) -> bool) {
+        let mut order: Vec<usize> = (0..self.encoded.len()).collect();
+        let mut slot = Vec::new();
+        for epoch in self.epochs.clone() {
+            self.rare
+                .draw(&mut self.encoded, self.opts.rare_word_oov, &mut self.rng);
             order.sort_unstable();
-            rng.shuffle(&mut order);
-            let mut loss_sum = 0.0;
-            for (i, chunk) in order.chunks(batch_size).enumerate() {
-                if observer.should_stop() {
-                    return Err(EngineError::Cancelled);
+            self.rng.shuffle(&mut order);
+            let count = order.len().div_ceil(self.batch_size);
+            for (index, chunk) in order.chunks(self.batch_size).enumerate() {
+                let batch: Vec<&Encoded> = chunk.iter().map(|&k| &self.encoded[k]).collect();
+                let mut prepared = prepare(
+                    &batch,
+                    &self.dims,
+                    self.oov,
+                    self.vocab_rows,
+                    &self.opts,
+                    &mut self.rng,
+                    &mut slot,
+                );
+                prepared.epoch = epoch;
+                prepared.index = index;
+                if index + 1 == count {
+                    prepared.rng_after_epoch = Some(self.rng.state());
                 }
-                let batch: Vec<&Encoded> = chunk.iter().map(|&k| &encoded[k]).collect();
-                let loss = self.step(&mut session, &batch, &d, &adam, opts, &mut rng, &mut slot)?;
-                if !loss.is_finite() {
-                    return Err(EngineError::Diverged(format!(
-                        "loss became {loss} at epoch {epoch}, step {}",
-                        self.checkpoint.state.step
-                    )));
+                if !sink(prepared) {
+                    return;
                 }
-                loss_sum += loss;
-                seen += batch.len() as u64;
-                steps += 1;
-                let elapsed = started.elapsed().as_secs_f64().max(1e-9);
-                let done = (epoch - start_epoch) as f64 + (i + 1) as f64 / steps_per_epoch as f64;
-                let left = (epochs - start_epoch) as f64 - done;
-                observer.progress(&Progress {
-                    epoch: epoch as f64 + (i + 1) as f64 / steps_per_epoch as f64,
-                    total_epochs: epochs,
-                    step: self.checkpoint.state.step,
-                    loss: loss_sum / (i + 1) as f64,
-                    examples_per_sec: seen as f64 / elapsed,
-                    eta_secs: elapsed / done * left,
-                });
             }
-            final_loss = loss_sum / steps_per_epoch.max(1) as f64;
-            self.checkpoint.state.epochs_done = epoch as u64 + 1;
-            self.checkpoint.state.lineage_epochs += 1.0;
-            self.checkpoint.state.rng = rng.state();
-            if observer.epoch_end(self).is_break() {
+        }
+    }
+}
+
+/// Lays out one batch: its rows, the ragged tensors, dropout masks and targets.
+fn prepare(
+    batch: &[&Encoded],
+    d: &Dims,
+    oov: Option<u32>,
+    vocab_rows: usize,
+    opts: &TrainOptions,
+    rng: &mut Rng,
+    slot: &mut Vec<u32>,
+) -> Prepared {
+    let rows = unique_rows(batch, oov, slot, vocab_rows);
+    let mut ragged = Ragged::new(batch, d.window, oov, |id| slot[id as usize] as i64);
+    clear_slots(&rows, slot);
+    if opts.feature_dropout > 0.0 {
+        let keep = 1.0 - opts.feature_dropout;
+        for w in &mut ragged.feat_w {
+            if *w != 0.0 && rng.next_f32() >= keep {
+                *w = 0.0;
+            }
+        }
+    }
+    let (b, m) = (ragged.batch, ragged.tokens);
+    let (width, h) = (d.embed as usize, d.hidden as usize);
+    let mut inputs = ragged.inputs("feat_idx", d);
+    inputs.push((
+        "drop_tok",
+        HostTensor::f32(
+            &[m as i64, d.embed],
+            dropout_mask(rng, m * width, opts.dropout),
+        ),
+    ));
+    inputs.push((
+        "drop_int",
+        HostTensor::f32(
+            &[b as i64, d.hidden],
+            dropout_mask(rng, b * h, opts.dropout),
+        ),
+    ));
+    inputs.push((
+        "drop_ent",
+        HostTensor::f32(
+            &[m as i64, d.hidden],
+            dropout_mask(rng, m * h, opts.dropout),
+        ),
+    ));
+
+    let c = d.intents as usize;
+    let mut intent_target = vec![0.0f32; b * c];
+    for (i, e) in batch.iter().enumerate() {
+        intent_target[i * c + e.intent as usize] = 1.0 / b as f32;
+    }
+    inputs.push((
+        "intent_target",
+        HostTensor::f32(&[b as i64, d.intents], intent_target),
+    ));
+    let k = d.tags as usize;
+    let weight = opts.entity_loss_weight / m.max(1) as f32;
+    let mut tag_target = vec![0.0f32; m * k];
+    for (i, e) in batch.iter().enumerate() {
+        let first = ragged.offsets[i];
+        for (j, &tag) in e.tags.iter().enumerate().take(e.tokens.len()) {
+            tag_target[(first + j) * k + tag as usize] = weight;
+        }
+    }
+    inputs.push((
+        "tag_target",
+        HostTensor::f32(&[m as i64, d.tags], tag_target),
+    ));
+    Prepared {
+        epoch: 0,
+        index: 0,
+        examples: b,
+        rows,
+        inputs,
+        rng_after_epoch: None,
+    }
+}
+
+/// Where each dense parameter sits in the step graph's flat vector (after the embedding rows).
+struct FlatLayout {
+    /// Per parameter, in flat order: its index in `Checkpoint::dense` and its length.
+    dense: Vec<(usize, usize)>,
+    /// Total dense length.
+    dense_len: usize,
+    /// Length of the decayed matrices (a prefix of the dense part).
+    decayed_len: usize,
+}
+
+impl FlatLayout {
+    fn new(d: &Dims) -> Self {
+        let names: Vec<&str> = dense_params(d).into_iter().map(|(n, _)| n).collect();
+        let mut layout = FlatLayout {
+            dense: Vec::new(),
+            dense_len: 0,
+            decayed_len: 0,
+        };
+        for (name, dims) in flat_dense_order(d) {
+            let len = dims.iter().product::<i64>() as usize;
+            let index = names.iter().position(|n| *n == name).expect("known");
+            layout.dense.push((index, len));
+            layout.dense_len += len;
+            if decays(name) {
+                layout.decayed_len += len;
+            }
+        }
+        layout
+    }
+}
+
+/// A training run in progress: what a step needs besides its batch.
+struct Run<'a> {
+    model: &'a mut NluModel,
+    session: ort::session::Session,
+    flat: FlatLayout,
+    /// Reused buffers for the flat parameter vector and its moments.
+    buffers: [Vec<f32>; 3],
+    adam: AdamW,
+    opts: &'a TrainOptions,
+    observer: &'a mut dyn TrainObserver,
+    started: Instant,
+    start_epoch: u32,
+    epochs: u32,
+    steps_per_epoch: usize,
+    seen: u64,
+    steps: u64,
+    loss_sum: f64,
+    final_loss: f64,
+}
+
+impl Run<'_> {
+    /// One optimiser step on a prepared batch, then progress and, after an epoch's last batch,
+    /// the epoch's bookkeeping.
+    fn step(&mut self, batch: Prepared) -> Result<(), EngineError> {
+        if self.observer.should_stop() {
+            return Err(EngineError::Cancelled);
+        }
+        let loss = self.optimise(&batch)?;
+        let step = self.model.checkpoint.state.step;
+        if !loss.is_finite() {
+            return Err(EngineError::Diverged(format!(
+                "loss became {loss} at epoch {}, step {step}",
+                batch.epoch
+            )));
+        }
+        if batch.index == 0 {
+            self.loss_sum = 0.0;
+        }
+        self.loss_sum += loss;
+        self.seen += batch.examples as u64;
+        self.steps += 1;
+        let elapsed = self.started.elapsed().as_secs_f64().max(1e-9);
+        let in_epoch = (batch.index + 1) as f64 / self.steps_per_epoch as f64;
+        let done = (batch.epoch - self.start_epoch) as f64 + in_epoch;
+        let left = (self.epochs - self.start_epoch) as f64 - done;
+        self.observer.progress(&Progress {
+            epoch: batch.epoch as f64 + in_epoch,
+            total_epochs: self.epochs,
+            step,
+            loss: self.loss_sum / (batch.index + 1) as f64,
+            examples_per_sec: self.seen as f64 / elapsed,
+            eta_secs: elapsed / done * left,
+        });
+        if let Some(rng) = batch.rng_after_epoch {
+            self.final_loss = self.loss_sum / self.steps_per_epoch.max(1) as f64;
+            let state = &mut self.model.checkpoint.state;
+            state.epochs_done = batch.epoch as u64 + 1;
+            state.lineage_epochs += 1.0;
+            state.rng = rng;
+            if self.observer.epoch_end(self.model).is_break() {
                 return Err(EngineError::Cancelled);
             }
         }
-        let seconds = started.elapsed().as_secs_f64();
-        Ok(TrainReport {
-            epochs: epochs - start_epoch,
-            steps,
-            final_loss,
-            seconds,
-            examples_per_sec: seen as f64 / seconds.max(1e-9),
-        })
+        Ok(())
     }
 
-    /// One optimiser step on one batch; returns its loss.
-    #[allow(clippy::too_many_arguments)]
-    fn step(
-        &mut self,
-        session: &mut ort::session::Session,
-        batch: &[&Encoded],
-        d: &Dims,
-        adam: &AdamW,
-        opts: &TrainOptions,
-        rng: &mut Rng,
-        slot: &mut Vec<u32>,
-    ) -> Result<f64, EngineError> {
-        let ckpt = &mut self.checkpoint;
-        let oov = self.featurizer.vocab().oov_id();
-        let rows = unique_rows(batch, oov, slot, ckpt.vocab_rows() as usize);
-        let mut padded = Ragged::new(batch, d.window, oov, |id| slot[id as usize] as i64);
-        clear_slots(&rows, slot);
-        if opts.feature_dropout > 0.0 {
-            let keep = 1.0 - opts.feature_dropout;
-            for w in &mut padded.feat_w {
-                if *w != 0.0 && rng.next_f32() >= keep {
-                    *w = 0.0;
-                }
+    /// Runs the step graph: the batch's embedding rows and every dense parameter go in as one
+    /// flat vector (with its moments), the updated vectors come back and are written back. The
+    /// three input buffers are reused from step to step, and the outputs are read where ONNX
+    /// Runtime put them.
+    fn optimise(&mut self, batch: &Prepared) -> Result<f64, EngineError> {
+        let ckpt = &mut self.model.checkpoint;
+        let flat = &self.flat;
+        let width = ckpt.meta.embed as usize;
+        let rows_len = batch.rows.len() * width;
+        let total = rows_len + flat.dense_len;
+        let pick: [fn(&Param) -> &Tensor; 3] = [|p| &p.value, |p| &p.m, |p| &p.v];
+        let mut packed = Vec::with_capacity(3);
+        for (buf, pick) in self.buffers.iter_mut().zip(pick) {
+            let mut data = std::mem::take(buf);
+            data.clear();
+            data.reserve(total);
+            let emb = &pick(&ckpt.embedding).data;
+            for &r in &batch.rows {
+                data.extend_from_slice(&emb[r as usize * width..(r as usize + 1) * width]);
             }
-        }
-
-        let width = d.embed as usize;
-        let gather = |data: &[f32]| -> Vec<f32> {
-            let mut out = Vec::with_capacity(rows.len() * width);
-            for &r in &rows {
-                out.extend_from_slice(&data[r as usize * width..(r as usize + 1) * width]);
+            for &(i, _) in &flat.dense {
+                data.extend_from_slice(&pick(&ckpt.dense[i].1).data);
             }
-            out
-        };
-        let u = rows.len() as i64;
-        let (b, m) = (padded.batch, padded.tokens);
-        let h = d.hidden as usize;
-
-        let names: Vec<[String; 3]> = ckpt
-            .dense
-            .iter()
-            .map(|(n, _)| [n.clone(), format!("{n}_m"), format!("{n}_v")])
-            .collect();
-        let mut inputs: Vec<(&str, HostTensor)> = padded.inputs("feat_idx", d);
-        inputs.push((
-            "emb_rows",
-            HostTensor::f32(&[u, d.embed], gather(&ckpt.embedding.value.data)),
-        ));
-        inputs.push((
-            "emb_rows_m",
-            HostTensor::f32(&[u, d.embed], gather(&ckpt.embedding.m.data)),
-        ));
-        inputs.push((
-            "emb_rows_v",
-            HostTensor::f32(&[u, d.embed], gather(&ckpt.embedding.v.data)),
-        ));
-        inputs.push((
-            "drop_tok",
-            HostTensor::f32(
-                &[m as i64, d.embed],
-                dropout_mask(rng, m * width, opts.dropout),
-            ),
-        ));
-        inputs.push((
-            "drop_int",
-            HostTensor::f32(
-                &[b as i64, d.hidden],
-                dropout_mask(rng, b * h, opts.dropout),
-            ),
-        ));
-        inputs.push((
-            "drop_ent",
-            HostTensor::f32(
-                &[m as i64, d.hidden],
-                dropout_mask(rng, m * h, opts.dropout),
-            ),
-        ));
-
-        let c = d.intents as usize;
-        let mut intent_target = vec![0.0f32; b * c];
-        for (i, e) in batch.iter().enumerate() {
-            intent_target[i * c + e.intent as usize] = 1.0 / b as f32;
+            packed.push(HostTensor::f32(&[total as i64], data));
         }
-        inputs.push((
-            "intent_target",
-            HostTensor::f32(&[b as i64, d.intents], intent_target),
-        ));
-        let k = d.tags as usize;
-        let weight = opts.entity_loss_weight / m.max(1) as f32;
-        let mut tag_target = vec![0.0f32; m * k];
-        for (i, e) in batch.iter().enumerate() {
-            let first = padded.offsets[i];
-            for (j, &tag) in e.tags.iter().enumerate().take(e.tokens.len()) {
-                tag_target[(first + j) * k + tag as usize] = weight;
-            }
-        }
-        inputs.push((
-            "tag_target",
-            HostTensor::f32(&[m as i64, d.tags], tag_target),
-        ));
-
-        for ((_, p), [name, m, v]) in ckpt.dense.iter().zip(&names) {
-            inputs.push((name, HostTensor::f32(&p.value.dims, p.value.data.clone())));
-            inputs.push((m, HostTensor::f32(&p.m.dims, p.m.data.clone())));
-            inputs.push((v, HostTensor::f32(&p.v.dims, p.v.data.clone())));
-        }
+        let mut sizes = vec![rows_len as i64];
+        sizes.extend(flat.dense.iter().map(|&(_, len)| len as i64));
+        let sizes = HostTensor::i64(&[sizes.len() as i64], sizes);
+        let decayed = (rows_len + flat.decayed_len) as i64;
+        let decay_sizes = HostTensor::i64(&[2], vec![decayed, total as i64 - decayed]);
         ckpt.state.step += 1;
         let step = ckpt.state.step as i32;
-        let bias1 = 1.0 - adam.beta1.powi(step);
-        let bias2 = 1.0 - adam.beta2.powi(step);
-        let lr_t = opts.learning_rate as f64 * bias2.sqrt() / bias1;
-        inputs.push(("lr_t", HostTensor::f32(&[], vec![lr_t as f32])));
-        inputs.push((
-            "lr_wd",
-            HostTensor::f32(&[], vec![opts.learning_rate * opts.weight_decay]),
-        ));
+        let bias1 = 1.0 - self.adam.beta1.powi(step);
+        let bias2 = 1.0 - self.adam.beta2.powi(step);
+        let lr_t = self.opts.learning_rate as f64 * bias2.sqrt() / bias1;
+        let lr_t = HostTensor::f32(&[], vec![lr_t as f32]);
+        let keep = 1.0 - self.opts.learning_rate * self.opts.weight_decay;
+        let keep = HostTensor::f32(&[], vec![keep]);
 
-        let mut wanted: Vec<String> = vec!["loss".into()];
-        for base in ["emb_rows", "emb_rows_m", "emb_rows_v"] {
-            wanted.push(format!("new_{base}"));
-        }
-        for (name, _) in &ckpt.dense {
-            wanted.push(format!("new_{name}"));
-            wanted.push(format!("new_{name}_m"));
-            wanted.push(format!("new_{name}_v"));
-        }
-        let wanted_refs: Vec<&str> = wanted.iter().map(String::as_str).collect();
-        let mut out = run_f32(session, &inputs, &wanted_refs)?.into_iter();
-        let loss = out.next().expect("loss requested").1[0] as f64;
-
-        let scatter = |target: &mut Vec<f32>, values: Vec<f32>| {
-            for (i, &r) in rows.iter().enumerate() {
-                target[r as usize * width..(r as usize + 1) * width]
-                    .copy_from_slice(&values[i * width..(i + 1) * width]);
+        let mut inputs: Vec<(&str, &HostTensor)> = vec![
+            ("params", &packed[0]),
+            ("params_m", &packed[1]),
+            ("params_v", &packed[2]),
+            ("sizes", &sizes),
+            ("decay_sizes", &decay_sizes),
+            ("lr_t", &lr_t),
+            ("keep", &keep),
+        ];
+        inputs.extend(batch.inputs.iter().map(|(n, t)| (*n, t)));
+        let wanted = ["loss", "new_params", "new_params_m", "new_params_v"];
+        let unpack: [fn(&mut Param) -> &mut Tensor; 3] =
+            [|p| &mut p.value, |p| &mut p.m, |p| &mut p.v];
+        let mut loss = f64::NAN;
+        run_f32_visit(&mut self.session, &inputs, &wanted, |i, _, values| {
+            if i == 0 {
+                loss = values[0] as f64;
+                return;
             }
-        };
-        scatter(
-            &mut ckpt.embedding.value.data,
-            out.next().expect("requested").1,
-        );
-        scatter(&mut ckpt.embedding.m.data, out.next().expect("requested").1);
-        scatter(&mut ckpt.embedding.v.data, out.next().expect("requested").1);
-        for (_, p) in &mut ckpt.dense {
-            p.value.data = out.next().expect("requested").1;
-            p.m.data = out.next().expect("requested").1;
-            p.v.data = out.next().expect("requested").1;
+            let param = unpack[i - 1];
+            let emb = &mut param(&mut ckpt.embedding).data;
+            for (j, &r) in batch.rows.iter().enumerate() {
+                emb[r as usize * width..(r as usize + 1) * width]
+                    .copy_from_slice(&values[j * width..(j + 1) * width]);
+            }
+            let mut at = rows_len;
+            for &(k, len) in &flat.dense {
+                param(&mut ckpt.dense[k].1)
+                    .data
+                    .copy_from_slice(&values[at..at + len]);
+                at += len;
+            }
+        })?;
+        for (buf, tensor) in self.buffers.iter_mut().zip(packed) {
+            if let HostTensor::F32 { data, .. } = tensor {
+                *buf = data;
+            }
         }
         Ok(loss)
     }
