@@ -37,8 +37,8 @@ pub struct Ragged {
     pub tokens: usize,
     /// `[N]` feature ids (vocabulary ids for inference, row indices for training).
     pub ids: Vec<i64>,
-    /// `[N, 1]` feature weights.
-    pub feat_w: Vec<f32>,
+    /// `[M, 1]` the weight of each of a token's features (1/√ its features).
+    pub tok_scale: Vec<f32>,
     /// `[N, 1]` each feature's token.
     pub feat_tok: Vec<i64>,
     /// `[M, 1]` token pooling weights.
@@ -79,7 +79,7 @@ impl Ragged {
             batch: examples.len(),
             tokens,
             ids: Vec::with_capacity(features),
-            feat_w: Vec::with_capacity(features),
+            tok_scale: Vec::with_capacity(tokens),
             feat_tok: Vec::with_capacity(features),
             tok_w: Vec::with_capacity(tokens),
             tok_ex: Vec::with_capacity(tokens),
@@ -99,10 +99,9 @@ impl Ragged {
                 r.tok_oov.push(if unseen { 1.0 } else { 0.0 });
                 r.tok_ex.push(b as i64);
                 // sqrt-n combiner: a token's vector does not grow with its number of n-grams.
-                let w = 1.0 / (token.len().max(1) as f32).sqrt();
+                r.tok_scale.push(1.0 / (token.len().max(1) as f32).sqrt());
                 for &id in token {
                     r.ids.push(map(id));
-                    r.feat_w.push(w);
                     r.feat_tok.push((m + t) as i64);
                 }
                 for offset in -window..=window {
@@ -122,6 +121,25 @@ impl Ragged {
         r
     }
 
+    /// Drops each feature with probability `rate` (feature dropout), drawing once per feature in
+    /// order. The tokens keep their weights: a dropped feature counts as a zero-weight one.
+    pub fn drop_features(&mut self, rate: f32, rng: &mut Rng) {
+        if rate <= 0.0 {
+            return;
+        }
+        let keep = 1.0 - rate;
+        let mut kept = 0;
+        for i in 0..self.ids.len() {
+            if rng.next_f32() < keep {
+                self.ids[kept] = self.ids[i];
+                self.feat_tok[kept] = self.feat_tok[i];
+                kept += 1;
+            }
+        }
+        self.ids.truncate(kept);
+        self.feat_tok.truncate(kept);
+    }
+
     /// The named batch inputs shared by the training and inference graphs (`ids` under
     /// `ids_name`).
     pub fn inputs(&self, ids_name: &'static str, d: &Dims) -> Vec<(&'static str, HostTensor)> {
@@ -129,7 +147,10 @@ impl Ragged {
         let c = d.context();
         vec![
             (ids_name, HostTensor::i64(&[n], self.ids.clone())),
-            ("feat_w", HostTensor::f32(&[n, 1], self.feat_w.clone())),
+            (
+                "tok_scale",
+                HostTensor::f32(&[m, 1], self.tok_scale.clone()),
+            ),
             ("feat_tok", HostTensor::i64(&[n, 1], self.feat_tok.clone())),
             ("tok_w", HostTensor::f32(&[m, 1], self.tok_w.clone())),
             ("tok_ex", HostTensor::i64(&[m, 1], self.tok_ex.clone())),
@@ -220,8 +241,8 @@ mod tests {
         assert_eq!((r.batch, r.tokens), (3, 3));
         assert_eq!(r.ids, vec![3, 4, 5, 6, 7, 8, 9]);
         assert_eq!(r.feat_tok, vec![0, 0, 1, 2, 2, 2, 2]);
-        assert!((r.feat_w[0] - 1.0 / 2f32.sqrt()).abs() < 1e-6);
-        assert_eq!(r.feat_w[3], 0.5);
+        assert!((r.tok_scale[0] - 1.0 / 2f32.sqrt()).abs() < 1e-6);
+        assert_eq!(&r.tok_scale[1..], &[1.0, 0.5]);
         assert_eq!(r.tok_w, vec![0.5, 0.5, 1.0]);
         assert_eq!(r.tok_ex, vec![0, 0, 2]);
         assert_eq!(r.offsets, vec![0, 2, 2, 3]);
@@ -234,6 +255,28 @@ mod tests {
         // b's token starts with the unseen-word feature 6; a's do not.
         assert_eq!(r.tok_oov, vec![0.0, 0.0, 1.0]);
         assert_eq!(r.oov_row, 6);
+    }
+
+    #[test]
+    fn dropped_features_leave_their_tokens_weights_alone() {
+        let a = ex(vec![(1..=40).collect(), (41..=80).collect()]);
+        let mut r = Ragged::new(&[&a], 1, None, |id| id as i64);
+        let scale = r.tok_scale.clone();
+        r.drop_features(0.25, &mut Rng::seed(3));
+        assert!((40..=75).contains(&r.ids.len()), "{}", r.ids.len());
+        assert_eq!(r.ids.len(), r.feat_tok.len());
+        assert_eq!(r.tok_scale, scale);
+        // The kept features stay in order, each with its own token.
+        assert!(r.ids.windows(2).all(|w| w[0] < w[1]));
+        assert!(
+            r.ids
+                .iter()
+                .zip(&r.feat_tok)
+                .all(|(&id, &t)| t == (id - 1) / 40)
+        );
+        let before = r.ids.clone();
+        r.drop_features(0.0, &mut Rng::seed(3));
+        assert_eq!(r.ids, before);
     }
 
     #[test]

@@ -59,11 +59,6 @@ pub fn dense_params(d: &Dims) -> Vec<(&'static str, Vec<i64>)> {
     ]
 }
 
-/// Whether weight decay applies to a parameter (matrices yes, biases no).
-pub fn decays(name: &str) -> bool {
-    name.starts_with("w_") || name == "embedding"
-}
-
 /// The name of the embedding parameter.
 pub const EMBEDDING: &str = "embedding";
 
@@ -91,10 +86,10 @@ impl Default for AdamW {
 /// The inputs every forward pass takes besides the parameters and the feature ids. A batch is
 /// ragged, not padded: `N` features of `M` tokens of `B` examples, each listed once.
 struct Batch {
-    /// `[N, 1]` weight of each feature (1/√ features of its token).
-    feat_w: Value,
     /// `[N, 1]` the token each feature belongs to.
     feat_tok: Value,
+    /// `[M, 1]` the weight of each of a token's features (1/√ its features).
+    tok_scale: Value,
     /// `[M, 1]` pooling weight of each token (1/tokens of its example).
     tok_w: Value,
     /// `[M, 1]` the example each token belongs to.
@@ -119,8 +114,8 @@ fn batch_inputs(g: &mut Graph, dt: DType, d: &Dims) -> Batch {
     let (n, m) = (Dim::sym("features"), Dim::sym("tokens"));
     let one = Dim::Fixed(1);
     Batch {
-        feat_w: g.input("feat_w", dt, vec![n.clone(), one.clone()]),
         feat_tok: g.input("feat_tok", DType::I64, vec![n, one.clone()]),
+        tok_scale: g.input("tok_scale", dt, vec![m.clone(), one.clone()]),
         tok_w: g.input("tok_w", dt, vec![m.clone(), one.clone()]),
         tok_ex: g.input("tok_ex", DType::I64, vec![m.clone(), one.clone()]),
         ctx_idx: g.input(
@@ -180,11 +175,13 @@ fn forward(
     let (m, b) = (Dim::sym("tokens"), Dim::sym("batch"));
     let zero = g.scalar(dt, 0.0);
 
-    // Token vectors: each token's feature rows, weighted and summed (a scatter-add by token).
+    // Token vectors: each token's feature rows summed (a scatter-add by token), then weighted
+    // (every feature of a token has the same weight, so the [M, D] sum is scaled, not the
+    // [N, D] rows: a twentieth of the work).
     let e = g.gather(embedding, feat_idx);
-    let e = g.mul(e, batch.feat_w);
     let zeros = g.expand_to(zero, batch.tok_shape, vec![m.clone(), Dim::Fixed(d.embed)]);
     let tok = g.scatter_add_rows(zeros, batch.feat_tok, e);
+    let tok = g.mul(tok, batch.tok_scale);
     let tok = g.add(tok, p.get("b_tok"));
     // The tagger's view: an unseen word is the unseen-word feature alone (weight 1), so it is
     // judged by its neighbours, not by n-grams that say little about a new name.
@@ -245,33 +242,23 @@ fn forward(
     }
 }
 
-/// The dense parameters in the order the training step lays them out after the embedding rows:
-/// first those that decay (matrices), then the rest (biases), each in [`dense_params`] order.
-/// So the decayed values of the flat parameter vector are one prefix of it.
-pub fn flat_dense_order(d: &Dims) -> Vec<(&'static str, Vec<i64>)> {
-    let (mut decayed, mut rest): (Vec<_>, Vec<_>) =
-        dense_params(d).into_iter().partition(|(n, _)| decays(n));
-    decayed.append(&mut rest);
-    decayed
-}
-
 /// Builds the training-step graph.
 ///
 /// All trainable values travel as **one flat vector** `params` (`[S]`): the `U` embedding rows
-/// the batch uses (`[U, D]`, row-major), then the dense parameters in [`flat_dense_order`]; its
+/// the batch uses (`[U, D]`, row-major), then the dense parameters in [`dense_params`] order; its
 /// AdamW moments `params_m` and `params_v` alike. One Split cuts it into the parameters, one
 /// Concat joins their gradients, and one AdamW updates everything: a few dozen nodes instead of
 /// a dozen per parameter, which is where a step's time went (ONNX Runtime's per-node cost, not
 /// arithmetic, dominates at these sizes).
 ///
 /// Inputs: `params`, `params_m`, `params_v` (`[S]`); `sizes` (`[1 + dense]`: `U·D`, then each
-/// dense parameter's length, in flat order); `decay_sizes` (`[2]`: the length of the decayed
-/// prefix, `U·D` plus the matrices, and of the rest); `feat_idx` (`[N]`, indices into the
+/// dense parameter's length); `feat_idx` (`[N]`, indices into the
 /// batch's embedding rows); the batch inputs of [`infer_graph`]; dropout masks `drop_tok`
 /// (`[M,D]`), `drop_int` (`[B,H]`), `drop_ent` (`[M,H]`); targets `intent_target` (`[B,C]`,
 /// one-hot already divided by B) and `tag_target` (`[M,K]`, one-hot divided by the batch's
 /// token count, times the entity loss weight); scalars `lr_t` (the bias-corrected step size)
-/// and `keep` (`1 − learning rate × weight decay`).
+/// and `keep` (`1 − learning rate × weight decay`: the decay applies to every parameter, biases
+/// included, as PyTorch's AdamW does when given all parameters).
 ///
 /// Outputs: `loss`, `intent_loss`, `tag_loss`, `new_params`, `new_params_m`, `new_params_v`.
 pub fn train_graph(d: &Dims, adam: &AdamW) -> Result<Graph, AutodiffError> {
@@ -282,13 +269,12 @@ pub fn train_graph(d: &Dims, adam: &AdamW) -> Result<Graph, AutodiffError> {
     let params = g.input("params", dt, flat());
     let params_m = g.input("params_m", dt, flat());
     let params_v = g.input("params_v", dt, flat());
-    let order = flat_dense_order(d);
+    let order = dense_params(d);
     let sizes = g.input(
         "sizes",
         DType::I64,
         vec![Dim::Fixed(1 + order.len() as i64)],
     );
-    let decay_sizes = g.input("decay_sizes", DType::I64, vec![Dim::Fixed(2)]);
     let feat_idx = g.input("feat_idx", DType::I64, vec![n]);
     let batch = batch_inputs(&mut g, dt, d);
     let dropout = Dropout {
@@ -350,17 +336,7 @@ pub fn train_graph(d: &Dims, adam: &AdamW) -> Result<Graph, AutodiffError> {
     g.output(loss, "loss");
     g.output(intent_loss, "intent_loss");
     g.output(tag_loss, "tag_loss");
-    let (new_p, new_m, new_v) = adamw(
-        &mut g,
-        adam,
-        params,
-        params_m,
-        params_v,
-        grad,
-        lr_t,
-        keep,
-        decay_sizes,
-    );
+    let (new_p, new_m, new_v) = adamw(&mut g, adam, params, params_m, params_v, grad, lr_t, keep);
     g.output(new_p, "new_params");
     g.output(new_m, "new_params_m");
     g.output(new_v, "new_params_v");
@@ -376,8 +352,7 @@ fn cross_entropy(g: &mut Graph, logits: Value, target: Value) -> Value {
 }
 
 /// One AdamW update of a flat vector as graph nodes (Kingma & Ba's efficient form with the bias
-/// correction folded into `lr_t`), with decoupled weight decay `p ← keep·p` on the prefix whose
-/// length is the first entry of `decay_sizes` (the second is the rest's).
+/// correction folded into `lr_t`), with decoupled weight decay `p ← keep·p`.
 #[allow(clippy::too_many_arguments)]
 fn adamw(
     g: &mut Graph,
@@ -388,9 +363,7 @@ fn adamw(
     grad: Value,
     lr_t: Value,
     keep: Value,
-    decay_sizes: Value,
 ) -> (Value, Value, Value) {
-    let flat = || vec![Dim::sym("params")];
     let m1 = g.scale(m, adam.beta1);
     let g1 = g.scale(grad, 1.0 - adam.beta1);
     let new_m = g.add(m1, g1);
@@ -403,14 +376,8 @@ fn adamw(
     let denom = g.add(root, eps);
     let step = g.div(new_m, denom);
     let step = g.mul(step, lr_t);
-    let parts = g.split0(
-        p,
-        decay_sizes,
-        vec![vec![Dim::sym("decayed")], vec![Dim::sym("not_decayed")]],
-    );
-    let decayed = g.mul(parts[0], keep);
-    let kept = g.concat(&[decayed, parts[1]], 0, flat());
-    let new_p = g.sub(kept, step);
+    let decayed = g.mul(p, keep);
+    let new_p = g.sub(decayed, step);
     (new_p, new_m, new_v)
 }
 
@@ -432,8 +399,8 @@ pub const TAG_PROBS: &str = "tag_probs";
 /// Builds the inference graph with the parameters as initializers.
 ///
 /// A batch is ragged: `N` features of `M` tokens of `B` examples. Inputs: `feat_ids` (`[N]`
-/// vocabulary ids), `feat_w` (`[N, 1]`, 1/√(features of the token)), `feat_tok` (`[N, 1]`, the
-/// feature's token), `tok_w` (`[M, 1]`, 1/(tokens of the example)), `tok_ex` (`[M, 1]`, the
+/// vocabulary ids), `feat_tok` (`[N, 1]`, the feature's token), `tok_scale` (`[M, 1]`, 1/√(features
+/// of the token)), `tok_w` (`[M, 1]`, 1/(tokens of the example)), `tok_ex` (`[M, 1]`, the
 /// token's example), `ctx_idx` (`[M, 2w+1]`, the tokens of each token's context window, itself
 /// outside the example), `ctx_mask` (`[M, 2w+1, 1]`, 0 outside the example), `tok_oov` (`[M,
 /// 1]`, 1 for a token whose word is unseen), `oov_row` (`[1]`, the unseen-word feature's id, 0

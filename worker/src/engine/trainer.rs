@@ -18,7 +18,7 @@ use super::EngineError;
 use super::batch::{Encoded, Ragged, clear_slots, dropout_mask, unique_rows};
 use super::checkpoint::{Checkpoint, ModelMeta, Param, Tensor};
 use super::featurizer::{FeatureLimits, Featurizer, Vocabulary};
-use super::model::{AdamW, Dims, decays, dense_params, flat_dense_order, train_graph};
+use super::model::{AdamW, Dims, dense_params, train_graph};
 use super::rng::Rng;
 use super::runtime::{HostTensor, RuntimeOptions, run_f32_visit, session_from_bytes};
 use super::tags::TagSet;
@@ -31,7 +31,8 @@ pub struct TrainOptions {
     pub batch_size: usize,
     /// AdamW learning rate. Default 0.003.
     pub learning_rate: f32,
-    /// Decoupled weight decay (matrices and embedding rows only). Default 0.0001.
+    /// Decoupled weight decay, on every parameter (embedding rows only when a batch uses them).
+    /// Default 0.0001.
     pub weight_decay: f32,
     /// Dropout rate on token vectors and hidden layers. Default 0.2.
     pub dropout: f32,
@@ -453,14 +454,7 @@ fn prepare(
     let rows = unique_rows(batch, oov, slot, vocab_rows);
     let mut ragged = Ragged::new(batch, d.window, oov, |id| slot[id as usize] as i64);
     clear_slots(&rows, slot);
-    if opts.feature_dropout > 0.0 {
-        let keep = 1.0 - opts.feature_dropout;
-        for w in &mut ragged.feat_w {
-            if *w != 0.0 && rng.next_f32() >= keep {
-                *w = 0.0;
-            }
-        }
-    }
+    ragged.drop_features(opts.feature_dropout, rng);
     let (b, m) = (ragged.batch, ragged.tokens);
     let (width, h) = (d.embed as usize, d.hidden as usize);
     let mut inputs = ragged.inputs("feat_idx", d);
@@ -524,28 +518,17 @@ struct FlatLayout {
     dense: Vec<(usize, usize)>,
     /// Total dense length.
     dense_len: usize,
-    /// Length of the decayed matrices (a prefix of the dense part).
-    decayed_len: usize,
 }
 
 impl FlatLayout {
     fn new(d: &Dims) -> Self {
-        let names: Vec<&str> = dense_params(d).into_iter().map(|(n, _)| n).collect();
-        let mut layout = FlatLayout {
-            dense: Vec::new(),
-            dense_len: 0,
-            decayed_len: 0,
-        };
-        for (name, dims) in flat_dense_order(d) {
-            let len = dims.iter().product::<i64>() as usize;
-            let index = names.iter().position(|n| *n == name).expect("known");
-            layout.dense.push((index, len));
-            layout.dense_len += len;
-            if decays(name) {
-                layout.decayed_len += len;
-            }
-        }
-        layout
+        let dense: Vec<(usize, usize)> = dense_params(d)
+            .iter()
+            .enumerate()
+            .map(|(i, (_, dims))| (i, dims.iter().product::<i64>() as usize))
+            .collect();
+        let dense_len = dense.iter().map(|&(_, len)| len).sum();
+        FlatLayout { dense, dense_len }
     }
 }
 
@@ -643,8 +626,6 @@ impl Run<'_> {
         let mut sizes = vec![rows_len as i64];
         sizes.extend(flat.dense.iter().map(|&(_, len)| len as i64));
         let sizes = HostTensor::i64(&[sizes.len() as i64], sizes);
-        let decayed = (rows_len + flat.decayed_len) as i64;
-        let decay_sizes = HostTensor::i64(&[2], vec![decayed, total as i64 - decayed]);
         ckpt.state.step += 1;
         let step = ckpt.state.step as i32;
         let bias1 = 1.0 - self.adam.beta1.powi(step);
@@ -659,7 +640,6 @@ impl Run<'_> {
             ("params_m", &packed[1]),
             ("params_v", &packed[2]),
             ("sizes", &sizes),
-            ("decay_sizes", &decay_sizes),
             ("lr_t", &lr_t),
             ("keep", &keep),
         ];
