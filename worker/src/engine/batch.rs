@@ -179,8 +179,8 @@ pub fn dropout_mask(rng: &mut Rng, n: usize, rate: f32) -> Vec<f32> {
         .collect()
 }
 
-/// Collects the distinct vocabulary ids of a batch (PAD first, then `always` if given) and
-/// maps each id to its row.
+/// Collects the distinct vocabulary ids of a batch (with PAD, and `always` if given), in
+/// ascending order, and maps each id to its row (its index in that list).
 ///
 /// `slot` is scratch space indexed by vocabulary id, all `u32::MAX` between calls (restored
 /// before returning), so a batch costs O(ids in the batch), not O(vocabulary).
@@ -209,6 +209,12 @@ pub fn unique_rows(
                 }
             }
         }
+    }
+    // Ascending rows: copying them in and out walks the embedding forwards, and a range of
+    // rows is a range of the embedding (the trainer splits that work between two threads).
+    rows.sort_unstable();
+    for (i, &id) in rows.iter().enumerate() {
+        slot[id as usize] = i as u32;
     }
     rows
 }
@@ -284,8 +290,8 @@ mod tests {
         let a = ex(vec![vec![3, 4], vec![4, 9]]);
         let mut slot = Vec::new();
         let rows = unique_rows(&[&a], Some(11), &mut slot, 12);
-        assert_eq!(rows, vec![0, 11, 3, 4, 9]);
-        assert_eq!(slot[9], 4);
+        assert_eq!(rows, vec![0, 3, 4, 9, 11]);
+        assert_eq!((slot[9], slot[11]), (3, 4));
         clear_slots(&rows, &mut slot);
         assert!(slot.iter().all(|&s| s == u32::MAX));
     }

@@ -416,25 +416,29 @@ pub fn run_f32(
     run_typed(session, &inputs, outputs)
 }
 
-/// Runs `session` on borrowed inputs and hands each requested FLOAT output to `visit` as
-/// `(index in outputs, shape, values)` while ONNX Runtime still owns it: nothing is copied out
+/// Runs `session` on borrowed inputs and hands the requested FLOAT outputs' values, in the
+/// order of `outputs`, to `visit` while ONNX Runtime still owns them: nothing is copied out
 /// unless `visit` copies it (the training loop writes the values straight back into its
 /// parameters).
 pub fn run_f32_visit(
     session: &mut Session,
     inputs: &[(&str, &HostTensor)],
     outputs: &[&str],
-    mut visit: impl FnMut(usize, &[i64], &[f32]),
+    visit: impl FnOnce(&[&[f32]]),
 ) -> Result<(), EngineError> {
-    run_with(session, inputs, outputs, |i, value| {
-        let (shape, data) =
-            value
-                .try_extract_tensor::<f32>()
-                .map_err(|err| EngineError::Value {
-                    name: outputs[i].to_owned(),
-                    reason: err.to_string(),
-                })?;
-        visit(i, shape, data);
+    run_with(session, inputs, outputs, |values| {
+        let mut slices = Vec::with_capacity(values.len());
+        for (i, value) in values.iter().enumerate() {
+            let (_, data) =
+                value
+                    .try_extract_tensor::<f32>()
+                    .map_err(|err| EngineError::Value {
+                        name: outputs[i].to_owned(),
+                        reason: err.to_string(),
+                    })?;
+            slices.push(data);
+        }
+        visit(&slices);
         Ok(())
     })
 }
@@ -454,27 +458,29 @@ fn run_typed<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug
     inputs: &[(&str, &HostTensor)],
     outputs: &[&str],
 ) -> Result<Vec<Output<T>>, EngineError> {
-    let mut out = Vec::with_capacity(outputs.len());
-    run_with(session, inputs, outputs, |i, value| {
-        let (shape, data) = value
-            .try_extract_tensor::<T>()
-            .map_err(|err| EngineError::Value {
-                name: outputs[i].to_owned(),
-                reason: err.to_string(),
-            })?;
-        out.push((shape.to_vec(), data.to_vec()));
-        Ok(())
-    })?;
-    Ok(out)
+    run_with(session, inputs, outputs, |values| {
+        let mut out = Vec::with_capacity(values.len());
+        for (i, value) in values.iter().enumerate() {
+            let (shape, data) =
+                value
+                    .try_extract_tensor::<T>()
+                    .map_err(|err| EngineError::Value {
+                        name: outputs[i].to_owned(),
+                        reason: err.to_string(),
+                    })?;
+            out.push((shape.to_vec(), data.to_vec()));
+        }
+        Ok(out)
+    })
 }
 
-/// Checks the names, runs the session and hands each requested output, in order, to `each`.
-fn run_with(
+/// Checks the names, runs the session and hands the requested outputs, in order, to `each`.
+fn run_with<R>(
     session: &mut Session,
     inputs: &[(&str, &HostTensor)],
     outputs: &[&str],
-    mut each: impl FnMut(usize, &ort::value::DynValue) -> Result<(), EngineError>,
-) -> Result<(), EngineError> {
+    each: impl FnOnce(&[&ort::value::DynValue]) -> Result<R, EngineError>,
+) -> Result<R, EngineError> {
     for (name, _) in inputs {
         if !session.inputs().iter().any(|input| input.name() == *name) {
             return Err(EngineError::Value {
@@ -513,14 +519,14 @@ fn run_with(
         .run_with_options(values, &run_options)
         .map_err(EngineError::ort("failed to run session"))?;
 
-    for (i, name) in outputs.iter().enumerate() {
-        let value = results.get(*name).ok_or_else(|| EngineError::Value {
+    let mut values = Vec::with_capacity(outputs.len());
+    for name in outputs {
+        values.push(results.get(*name).ok_or_else(|| EngineError::Value {
             name: (*name).to_owned(),
             reason: "missing from the session's results".to_owned(),
-        })?;
-        each(i, value)?;
+        })?);
     }
-    Ok(())
+    each(&values)
 }
 
 #[cfg(test)]

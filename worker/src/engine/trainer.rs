@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::EngineError;
 use super::batch::{Encoded, Ragged, clear_slots, dropout_mask, unique_rows};
-use super::checkpoint::{Checkpoint, ModelMeta, Param, Tensor};
+use super::checkpoint::{Checkpoint, ModelMeta};
 use super::featurizer::{FeatureLimits, Featurizer, Vocabulary};
 use super::model::{AdamW, Dims, dense_params, train_graph};
 use super::rng::Rng;
@@ -600,31 +600,68 @@ impl Run<'_> {
 
     /// Runs the step graph: the batch's embedding rows and every dense parameter go in as one
     /// flat vector (with its moments), the updated vectors come back and are written back. The
-    /// three input buffers are reused from step to step, and the outputs are read where ONNX
-    /// Runtime put them.
+    /// three input buffers are reused from step to step, the outputs are read where ONNX Runtime
+    /// put them, and with a second thread both copies are split between the two threads: the
+    /// rows are ascending, so each thread owns a range of the embedding.
     fn optimise(&mut self, batch: &Prepared) -> Result<f64, EngineError> {
         let ckpt = &mut self.model.checkpoint;
-        let flat = &self.flat;
         let width = ckpt.meta.embed as usize;
-        let rows_len = batch.rows.len() * width;
-        let total = rows_len + flat.dense_len;
-        let pick: [fn(&Param) -> &Tensor; 3] = [|p| &p.value, |p| &p.m, |p| &p.v];
-        let mut packed = Vec::with_capacity(3);
-        for (buf, pick) in self.buffers.iter_mut().zip(pick) {
-            let mut data = std::mem::take(buf);
-            data.clear();
-            data.reserve(total);
-            let emb = &pick(&ckpt.embedding).data;
-            for &r in &batch.rows {
-                data.extend_from_slice(&emb[r as usize * width..(r as usize + 1) * width]);
-            }
-            for &(i, _) in &flat.dense {
-                data.extend_from_slice(&pick(&ckpt.dense[i].1).data);
-            }
-            packed.push(HostTensor::f32(&[total as i64], data));
+        let rows = &batch.rows[..];
+        let rows_len = rows.len() * width;
+        let total = rows_len + self.flat.dense_len;
+        // The first `half` rows go to one thread; the rest and the dense part to the other.
+        let half = if self.opts.runtime.prepare_in_parallel() {
+            rows.len() / 2
+        } else {
+            0
+        };
+        let mut buffers: Vec<Vec<f32>> = self.buffers.iter_mut().map(std::mem::take).collect();
+        for buf in &mut buffers {
+            buf.resize(total, 0.0);
         }
+        {
+            let emb = [
+                &ckpt.embedding.value.data[..],
+                &ckpt.embedding.m.data[..],
+                &ckpt.embedding.v.data[..],
+            ];
+            let dense: Vec<[&[f32]; 3]> = self
+                .flat
+                .dense
+                .iter()
+                .map(|&(i, _)| {
+                    let p = &ckpt.dense[i].1;
+                    [&p.value.data[..], &p.m.data[..], &p.v.data[..]]
+                })
+                .collect();
+            let (mut low, mut high): (Vec<&mut [f32]>, Vec<&mut [f32]>) = buffers
+                .iter_mut()
+                .map(|b| b.split_at_mut(half * width))
+                .unzip();
+            let (low_rows, high_rows) = rows.split_at(half);
+            let pack_high = move || {
+                for (k, out) in high.iter_mut().enumerate() {
+                    gather_rows(out, high_rows, emb[k], width);
+                    let mut at = high_rows.len() * width;
+                    for piece in &dense {
+                        out[at..at + piece[k].len()].copy_from_slice(piece[k]);
+                        at += piece[k].len();
+                    }
+                }
+            };
+            let pack_low = move || {
+                for (k, out) in low.iter_mut().enumerate() {
+                    gather_rows(out, low_rows, emb[k], width);
+                }
+            };
+            both(half > 0, pack_low, pack_high);
+        }
+        let packed: Vec<HostTensor> = buffers
+            .into_iter()
+            .map(|data| HostTensor::f32(&[total as i64], data))
+            .collect();
         let mut sizes = vec![rows_len as i64];
-        sizes.extend(flat.dense.iter().map(|&(_, len)| len as i64));
+        sizes.extend(self.flat.dense.iter().map(|&(_, len)| len as i64));
         let sizes = HostTensor::i64(&[sizes.len() as i64], sizes);
         ckpt.state.step += 1;
         let step = ckpt.state.step as i32;
@@ -645,27 +682,44 @@ impl Run<'_> {
         ];
         inputs.extend(batch.inputs.iter().map(|(n, t)| (*n, t)));
         let wanted = ["loss", "new_params", "new_params_m", "new_params_v"];
-        let unpack: [fn(&mut Param) -> &mut Tensor; 3] =
-            [|p| &mut p.value, |p| &mut p.m, |p| &mut p.v];
         let mut loss = f64::NAN;
-        run_f32_visit(&mut self.session, &inputs, &wanted, |i, _, values| {
-            if i == 0 {
-                loss = values[0] as f64;
-                return;
-            }
-            let param = unpack[i - 1];
-            let emb = &mut param(&mut ckpt.embedding).data;
-            for (j, &r) in batch.rows.iter().enumerate() {
-                emb[r as usize * width..(r as usize + 1) * width]
-                    .copy_from_slice(&values[j * width..(j + 1) * width]);
-            }
-            let mut at = rows_len;
-            for &(k, len) in &flat.dense {
-                param(&mut ckpt.dense[k].1)
-                    .data
-                    .copy_from_slice(&values[at..at + len]);
-                at += len;
-            }
+        let flat = &self.flat;
+        run_f32_visit(&mut self.session, &inputs, &wanted, |out| {
+            loss = out[0][0] as f64;
+            let values = [out[1], out[2], out[3]];
+            // Ascending rows: the first `half` rows all lie below `split` in the embedding.
+            let split = rows.get(half).map_or(0, |&r| r as usize * width);
+            let emb = &mut ckpt.embedding;
+            let (mut low, mut high): (Vec<&mut [f32]>, Vec<&mut [f32]>) =
+                [&mut emb.value.data, &mut emb.m.data, &mut emb.v.data]
+                    .into_iter()
+                    .map(|t| t.split_at_mut(split))
+                    .unzip();
+            let (low_rows, high_rows) = rows.split_at(half);
+            let dense = &mut ckpt.dense;
+            let unpack_high = move || {
+                for (k, target) in high.iter_mut().enumerate() {
+                    let from = &values[k][half * width..];
+                    scatter_rows(target, high_rows, split / width, from, width);
+                    let mut at = rows_len;
+                    for &(i, len) in &flat.dense {
+                        let p = &mut dense[i].1;
+                        let t = match k {
+                            0 => &mut p.value,
+                            1 => &mut p.m,
+                            _ => &mut p.v,
+                        };
+                        t.data.copy_from_slice(&values[k][at..at + len]);
+                        at += len;
+                    }
+                }
+            };
+            let unpack_low = move || {
+                for (k, target) in low.iter_mut().enumerate() {
+                    scatter_rows(target, low_rows, 0, values[k], width);
+                }
+            };
+            both(half > 0, unpack_low, unpack_high);
         })?;
         for (buf, tensor) in self.buffers.iter_mut().zip(packed) {
             if let HostTensor::F32 { data, .. } = tensor {
@@ -673,5 +727,34 @@ impl Run<'_> {
             }
         }
         Ok(loss)
+    }
+}
+
+/// Runs `a` on a second thread and `b` on this one when `parallel`, else one after the other.
+fn both(parallel: bool, a: impl FnOnce() + Send, b: impl FnOnce()) {
+    if parallel {
+        std::thread::scope(|scope| {
+            scope.spawn(a);
+            b();
+        });
+    } else {
+        a();
+        b();
+    }
+}
+
+/// Copies the embedding rows `rows` (of width `width`) from `emb` into `out`, one after another.
+fn gather_rows(out: &mut [f32], rows: &[u32], emb: &[f32], width: usize) {
+    for (chunk, &r) in out.chunks_exact_mut(width).zip(rows) {
+        let r = r as usize * width;
+        chunk.copy_from_slice(&emb[r..r + width]);
+    }
+}
+
+/// Writes consecutive rows of `from` to rows `rows` of `target`, whose first row is row `first`.
+fn scatter_rows(target: &mut [f32], rows: &[u32], first: usize, from: &[f32], width: usize) {
+    for (chunk, &r) in from.chunks_exact(width).zip(rows) {
+        let r = (r as usize - first) * width;
+        target[r..r + width].copy_from_slice(chunk);
     }
 }
