@@ -6,19 +6,23 @@ each token, the intent index and the BILOU tags, plus the `TrainOptions` refit t
 dense parameters' names), so the peers see exactly the inputs refit's trainer sees. The network, loss, optimiser and batching
 reproduce worker/src/engine/model.rs, batch.rs and trainer.rs:
 
+  per epoch: each token whose word occurs once in the data gets the unseen-word feature in
+             place of its word feature with probability rare_word_oov
   per token: embedding rows [V, D] of its feature ids, each weighted 1/sqrt(#features) (and,
              while training, zeroed with probability feature_dropout), summed
-             -> + b_tok -> ReLU -> dropout                                   = h [B, T, D]
+             -> + b_tok = t; ReLU(t) -> dropout                              = h [B, T, D]
+             tagger's view: a token whose first feature is the unseen-word feature is that
+             feature's row alone: t' = emb[oov] + b_tok; ReLU(t') -> the same dropout = h'
   intent:    mean of h over the example's tokens -> Linear(D,H) [+ max of h over them
              -> Linear(D,H) without bias, when refit's model has w_int1_max] -> ReLU -> dropout
              -> Linear(H,C)
-  entities:  [h(t-1), h(t), h(t+1)] (zero outside the example) -> Linear(3D,H) -> ReLU
+  entities:  [h'(t-w) .. h'(t+w)] (zero outside the example) -> Linear((2w+1)D,H) -> ReLU
              -> dropout -> Linear(H,K)                                       (K = 1 + 4 types)
   loss     = mean intent cross-entropy + entity_loss_weight x mean tag cross-entropy over the
              batch's tokens
-  AdamW (lr 0.003, betas 0.9/0.999, eps 1e-8, decoupled weight decay 1e-4 on the matrices and
-  the embedding), batch 64, dropout 0.2, feature dropout 0.2 -- the values come from the
-  features file.
+  AdamW (lr 0.003, betas 0.9/0.999, eps 1e-8, decoupled weight decay 1e-4 on every parameter),
+  batch 64, dropout 0.2, feature dropout 0.2, rare-word swaps 0.7, window w = 2 -- the values
+  come from the features file.
 
 With dropout and feature dropout off and the same initial parameters (`--init`, refit's initial
 checkpoint from `bench_train features --init`), every peer's per-epoch losses match refit's to
@@ -28,8 +32,7 @@ or a dense parameter they do not implement: refit's model has changed, extend th
 
 Frameworks (--frameworks, comma list):
   torch      PyTorch, gather + weighted sum over batches padded to their longest example and
-             richest token (the same graph as the ONNX export); AdamW with weight decay on the
-             matrices and the embedding only, like refit
+             richest token (the same graph as the ONNX export); AdamW
   torch_bag  PyTorch, the embedding as nn.EmbeddingBag(mode="sum", per_sample_weights) over the
              batch's features without padding (ids + offsets)
   torch_sparse  as torch_bag with sparse=True gradients and torch.optim.SparseAdam for the
@@ -37,8 +40,7 @@ Frameworks (--frameworks, comma list):
              on those rows: SparseAdam has none); AdamW for the rest
   ort        onnxruntime-training: the `torch` module exported to ONNX (training mode, dropout
              kept), `artifacts.generate_artifacts` with a custom loss block (intent CE + tag CE
-             with ignore_index) and onnxblock AdamW (whose weight decay applies to every
-             parameter: ORT's AdamW has no parameter groups), run with `training.api`; the max
+             with ignore_index) and onnxblock AdamW, run with `training.api`; the max
              pooling is exported as GatherElements at the ArgMax (ORT training has no ReduceMax
              gradient)
 
@@ -67,10 +69,10 @@ import numpy as np
 # refit's TrainOptions defaults; the features file's `train_options` (what refit trains with)
 # override them, see Data.
 LR, BETAS, EPS, WD, DROPOUT, BATCH = 0.003, (0.9, 0.999), 1e-8, 1e-4, 0.2, 64
-FEATURE_DROPOUT, ENTITY_WEIGHT = 0.0, 1.0
+FEATURE_DROPOUT, ENTITY_WEIGHT, RARE_OOV = 0.0, 1.0, 0.0
 IGNORE = -100
 KNOWN_OPTIONS = {"batch_size", "learning_rate", "weight_decay", "dropout", "feature_dropout",
-                 "entity_loss_weight"}
+                 "entity_loss_weight", "rare_word_oov"}
 # refit's dense parameters the peers implement; w_int1_max (when present) adds max pooling.
 KNOWN_PARAMS = {"b_tok", "w_int1", "w_int1_max", "b_int1", "w_int2", "b_int2", "w_ent1", "b_ent1",
                 "w_ent2", "b_ent2"}
@@ -86,7 +88,7 @@ class Data:
     """The dataset padded to its own maxima; batches are cut down to their own maxima."""
 
     def __init__(self, path):
-        global LR, WD, DROPOUT, BATCH, FEATURE_DROPOUT, ENTITY_WEIGHT
+        global LR, WD, DROPOUT, BATCH, FEATURE_DROPOUT, ENTITY_WEIGHT, RARE_OOV
         d = json.loads(Path(path).read_text(encoding="utf-8"))
         self.meta = {k: v for k, v in d.items() if k != "examples"}
         o = d.get("train_options", {})
@@ -96,6 +98,7 @@ class Data:
         BATCH = o.get("batch_size", BATCH)
         FEATURE_DROPOUT = o.get("feature_dropout", FEATURE_DROPOUT)
         ENTITY_WEIGHT = o.get("entity_loss_weight", ENTITY_WEIGHT)
+        RARE_OOV = o.get("rare_word_oov", RARE_OOV)
         unknown = sorted(set(o) - KNOWN_OPTIONS)
         if unknown:
             log(f"peers: WARNING: refit trains with options the peers do not implement: "
@@ -110,7 +113,9 @@ class Data:
         self.n = len(ex)
         self.V, self.D, self.H = d["vocab_rows"], d["embed"], d["hidden"]
         self.C, self.K = d["intents"], d["tags"]
-        assert d["window"] == 1, "the peers implement a context window of 1"
+        self.window = d["window"]
+        self.oov = d.get("oov_id")  # None: no unseen-word feature (an old refit)
+        rare = d.get("rare_words", [])
         T = max([len(e["tokens"]) for e in ex] + [1])
         F = max([len(t) for e in ex for t in e["tokens"]] + [1])
         self.ids = np.zeros((self.n, T, F), np.int64)
@@ -128,11 +133,22 @@ class Data:
                     self.nfeat[i] = max(self.nfeat[i], len(ids))
             for t, tag in enumerate(e["tags"][:len(e["tokens"])]):
                 self.tags[i, t] = tag
+        self.rare = np.array(rare, np.int64).reshape(-1, 2)
+        self.rare_word = self.ids[self.rare[:, 0], self.rare[:, 1], 0].copy()
+
+    def swap_rare_words(self, rng):
+        """Once per epoch, as refit does: each word seen once becomes the unseen-word feature
+        with probability RARE_OOV (its n-grams stay)."""
+        if self.oov is None or RARE_OOV <= 0 or len(self.rare) == 0:
+            return
+        swap = rng.random(len(self.rare)) < RARE_OOV
+        self.ids[self.rare[:, 0], self.rare[:, 1], 0] = np.where(swap, self.oov, self.rare_word)
 
     def batch(self, idx, rng=None):
-        """ids [B,T,F] i64, fw [B,T,F] f32, mask [B,T] f32, tok_w [B,T] f32, intent [B] i64,
-        tags [B*T] i64 (IGNORE on padding). With `rng`, feature dropout as refit does it: each
-        feature's weight is zeroed with probability FEATURE_DROPOUT (no rescaling)."""
+        """ids [B,T,F] i64, fw [B,T,F] f32, mask [B,T] f32, tok_w [B,T] f32, oov [B,T] f32 (1 for a
+        token whose first feature is the unseen-word feature), intent [B] i64, tags [B*T] i64
+        (IGNORE on padding). With `rng`, feature dropout as refit does it: each feature's weight
+        is zeroed with probability FEATURE_DROPOUT (no rescaling)."""
         T = max(int(self.ntok[idx].max()), 1)
         F = int(self.nfeat[idx].max())
         n = self.ntok[idx]
@@ -141,8 +157,10 @@ class Data:
             fw[rng.random(fw.shape, dtype=np.float32) < FEATURE_DROPOUT] = 0.0
         mask = (np.arange(T)[None, :] < n[:, None]).astype(np.float32)
         tok_w = mask / np.maximum(n, 1)[:, None].astype(np.float32)
-        return (self.ids[idx, :T, :F], fw, mask, tok_w,
-                self.intent[idx], self.tags[idx, :T].reshape(-1))
+        ids = self.ids[idx, :T, :F]
+        oov = (ids[:, :, 0] == self.oov).astype(np.float32) if self.oov is not None \
+            else np.zeros((len(idx), T), np.float32)
+        return (ids, fw, mask, tok_w, oov, self.intent[idx], self.tags[idx, :T].reshape(-1))
 
 
 def epochs_of(n, epochs, seed):
@@ -188,7 +206,11 @@ def make_model(data, seed, bag=False, sparse=False, for_onnx=False):
             self.int1, self.int2 = nn.Linear(D, H), nn.Linear(H, C)
             # refit's intent head also sees the max over the tokens (w_int1_max, no bias of its own)
             self.int1_max = nn.Linear(D, H, bias=False) if data.max_pool else None
-            self.ent1, self.ent2 = nn.Linear(3 * D, H), nn.Linear(H, K)
+            self.window = data.window
+            self.ent1, self.ent2 = nn.Linear((2 * data.window + 1) * D, H), nn.Linear(H, K)
+            # the unseen-word feature's row (the padding row when there is none)
+            self.register_buffer("oov_id", torch.tensor([data.oov or 0]), persistent=False)
+            self.register_buffer("bag_start", torch.tensor([0]), persistent=False)
             self.drop = nn.Dropout(DROPOUT)
             # refit's initialisation: normal(0, 1/sqrt(D)) rows with a zero padding row,
             # He-normal matrices, zero biases.
@@ -211,14 +233,21 @@ def make_model(data, seed, bag=False, sparse=False, for_onnx=False):
                     if self.int1_max is not None:
                         self.int1_max.weight.copy_(torch.from_numpy(p["param/w_int1_max"].T.copy()))
 
-        def forward(self, ids, fw, mask, tok_w, offsets=None):
+        def forward(self, ids, fw, mask, tok_w, oov, offsets=None):
             if self.bag:  # ragged: ids/fw list the batch's features, offsets start each token
                 B, T = mask.shape
                 tok = self.emb(ids, offsets, per_sample_weights=fw).reshape(B, T, -1)
+                oov_row = self.emb(self.oov_id, self.bag_start)
             else:
                 tok = (self.emb(ids) * fw.unsqueeze(-1)).sum(2)
-            h = self.drop(Fn.relu(tok + self.b_tok))
-            hm = h * mask.unsqueeze(-1)  # zero outside the example
+                oov_row = self.emb(self.oov_id)
+            tok = tok + self.b_tok
+            # the tagger sees an unseen word as the unseen-word row alone
+            tok_ent = tok + oov.unsqueeze(-1) * (oov_row + self.b_tok - tok)
+            keep = self.drop(torch.ones_like(tok))  # one dropout mask for both views, as refit
+            h = Fn.relu(tok) * keep
+            h_ent = Fn.relu(tok_ent) * keep * mask.unsqueeze(-1)  # zero outside the example
+            hm = h * mask.unsqueeze(-1)
             sentence = (h * tok_w.unsqueeze(-1)).sum(1)
             z = self.int1(sentence)
             if self.int1_max is not None:  # h >= 0, so the zeros of padding never win
@@ -230,9 +259,9 @@ def make_model(data, seed, bag=False, sparse=False, for_onnx=False):
                     strongest = hm.amax(dim=1)
                 z = z + self.int1_max(strongest)
             intent_logits = self.int2(self.drop(Fn.relu(z)))
-            left = Fn.pad(hm, (0, 0, 1, 0))[:, :-1]
-            right = Fn.pad(hm, (0, 0, 0, 1))[:, 1:]
-            ctx = torch.cat([left, hm, right], dim=-1)
+            w, T = self.window, h_ent.shape[1]
+            padded = Fn.pad(h_ent, (0, 0, w, w))
+            ctx = torch.cat([padded[:, k:k + T] for k in range(2 * w + 1)], dim=-1)
             tag_logits = self.ent2(self.drop(Fn.relu(self.ent1(ctx))))
             return intent_logits, tag_logits.reshape(-1, tag_logits.shape[-1])
 
@@ -246,15 +275,9 @@ def torch_run(data, epochs, seed, bag, sparse=False):
     import torch
     import torch.nn.functional as Fn
     model = make_model(data, seed, bag, sparse)
-    decay = [model.int1.weight, model.int2.weight, model.ent1.weight, model.ent2.weight]
-    if model.int1_max is not None:
-        decay.append(model.int1_max.weight)
-    if not sparse:
-        decay.append(model.emb.weight)
-    ids_decay = {id(p) for p in decay} | {id(model.emb.weight)}
-    rest = [p for p in model.parameters() if id(p) not in ids_decay]
-    opts = [torch.optim.AdamW([{"params": decay, "weight_decay": WD}, {"params": rest, "weight_decay": 0.0}],
-                              lr=LR, betas=BETAS, eps=EPS)]
+    # weight decay on every parameter, like refit (SparseAdam has none for the embedding)
+    dense = [p for p in model.parameters() if not (sparse and p is model.emb.weight)]
+    opts = [torch.optim.AdamW(dense, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)]
     if sparse:  # lazy Adam over the rows a batch uses (no weight decay: SparseAdam has none)
         opts.append(torch.optim.SparseAdam([model.emb.weight], lr=LR, betas=BETAS, eps=EPS))
     model.train()
@@ -262,20 +285,21 @@ def torch_run(data, epochs, seed, bag, sparse=False):
     rng = np.random.default_rng(seed + 1000)
     t0 = time.perf_counter()
     for batches in epochs_of(data.n, epochs + 1, seed):
+        data.swap_rare_words(rng)
         total = 0.0
         for idx in batches:
-            ids, fw, mask, tok_w, intent, tags = data.batch(idx, rng)
+            ids, fw, mask, tok_w, oov, intent, tags = data.batch(idx, rng)
             offsets = None
             if bag:  # EmbeddingBag's ragged input: only the real features, no padding
                 real = ids != 0
                 counts = real.reshape(-1, ids.shape[2]).sum(1)
                 offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)[:-1]]))
                 ids, fw = ids[real], fw[real]
-            ids, fw, mask, tok_w, intent, tags = (torch.from_numpy(np.ascontiguousarray(x))
-                                                  for x in (ids, fw, mask, tok_w, intent, tags))
+            ids, fw, mask, tok_w, oov, intent, tags = (
+                torch.from_numpy(np.ascontiguousarray(x)) for x in (ids, fw, mask, tok_w, oov, intent, tags))
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
-            il, tl = model(ids, fw, mask, tok_w, offsets)
+            il, tl = model(ids, fw, mask, tok_w, oov, offsets)
             loss = Fn.cross_entropy(il, intent) + ENTITY_WEIGHT * Fn.cross_entropy(tl, tags, ignore_index=IGNORE)
             loss.backward()
             for opt in opts:
@@ -296,14 +320,15 @@ def ort_artifacts(data, seed, outdir):
     model = make_model(data, seed, bag=False, for_onnx=True)
     model.train()
     B, T, F = 2, 3, 4
-    dummy = (torch.zeros(B, T, F, dtype=torch.int64), torch.ones(B, T, F), torch.ones(B, T), torch.ones(B, T) / T)
+    dummy = (torch.zeros(B, T, F, dtype=torch.int64), torch.ones(B, T, F), torch.ones(B, T), torch.ones(B, T) / T,
+             torch.zeros(B, T))
     fwd = outdir / "forward.onnx"
     axes = {"ids": {0: "B", 1: "T", 2: "F"}, "fw": {0: "B", 1: "T", 2: "F"},
-            "mask": {0: "B", 1: "T"}, "tok_w": {0: "B", 1: "T"},
+            "mask": {0: "B", 1: "T"}, "tok_w": {0: "B", 1: "T"}, "oov": {0: "B", 1: "T"},
             "intent_logits": {0: "B"}, "tag_logits": {0: "BT"}}
     torch.onnx.export(model, dummy, str(fwd), export_params=True, opset_version=17,
                       do_constant_folding=False, training=torch.onnx.TrainingMode.TRAINING,
-                      input_names=["ids", "fw", "mask", "tok_w"],
+                      input_names=["ids", "fw", "mask", "tok_w", "oov"],
                       output_names=["intent_logits", "tag_logits"], dynamic_axes=axes)
 
     class ScalarConstant(onnxblock.Block):
@@ -357,16 +382,17 @@ def ort_run(data, epochs, seed, art):
     opt = Optimizer(str(art / "optimizer_model.onnx"), module)
     opt.set_learning_rate(LR)
     names = module.input_names()
-    assert names == ["ids", "fw", "mask", "tok_w", "intent_labels", "tag_labels"], names
+    assert names == ["ids", "fw", "mask", "tok_w", "oov", "intent_labels", "tag_labels"], names
     module.train()
     ends, losses = [], []
     rng = np.random.default_rng(seed + 1000)
     t0 = time.perf_counter()
     for batches in epochs_of(data.n, epochs + 1, seed):
+        data.swap_rare_words(rng)
         total = 0.0
         for idx in batches:
-            ids, fw, mask, tok_w, intent, tags = (np.ascontiguousarray(x) for x in data.batch(idx, rng))
-            loss = module(ids, fw, mask, tok_w, intent, tags)
+            ids, fw, mask, tok_w, oov, intent, tags = (np.ascontiguousarray(x) for x in data.batch(idx, rng))
+            loss = module(ids, fw, mask, tok_w, oov, intent, tags)
             opt.step()
             module.lazy_reset_grad()
             total += float(loss)

@@ -7,12 +7,14 @@
 //! ```
 //!
 //! - `train` trains a fresh model (`NluModel::new` + `NluModel::train`, default architecture and
-//!   options, `intra_threads` = `--threads`) for one warm-up epoch plus `--epochs` timed epochs, in
+//!   options, `intra_threads` = `--threads`: ONNX Runtime runs the step on one thread, a second
+//!   prepares batches and shares the copies) for one warm-up epoch plus `--epochs` timed epochs, in
 //!   one `train` call, `--repeats` times; it prints one JSON object with the examples/s of each run
 //!   (timed epochs only) and their median.
 //! - `features` writes the data exactly as refit's trainer sees it (`NluModel::encode`: per
 //!   example the feature ids of each token, the intent index and the BILOU tag of each token) with
-//!   the model's sizes, its dense parameters (names and shapes: the peers check that they know
+//!   the unseen-word feature's id and the tokens whose word occurs once (the rare-word swaps), the
+//!   model's sizes, its dense parameters (names and shapes: the peers check that they know
 //!   them all) and the `TrainOptions` refit trains with (the defaults, with `--set`), so
 //!   the Python peers (`bench/peers.py`) train the same network on the same inputs with the same
 //!   options, without re-implementing the featurizer. `--init` also writes the fresh model's
@@ -206,6 +208,8 @@ fn features(a: &Args, data: &TrainingData) -> anyhow::Result<serde_json::Value> 
         "intents": d.intents,
         "tags": d.tags,
         "window": d.window,
+        "oov_id": model.featurizer.vocab().oov_id(),
+        "rare_words": model.rare_words(&encoded),
         "examples": examples,
     }))
 }

@@ -295,6 +295,17 @@ impl NluModel {
         Ok(out)
     }
 
+    /// Where the words seen only once in `encoded` are, as (example, token): the tokens whose
+    /// word feature the trainer swaps for the unseen-word feature (see
+    /// [`TrainOptions::rare_word_oov`]). The benchmark's peers do the same swaps.
+    pub fn rare_words(&self, encoded: &[Encoded]) -> Vec<(usize, usize)> {
+        RareWords::find(encoded, self.featurizer.vocab())
+            .at
+            .into_iter()
+            .map(|(e, t, _)| (e, t))
+            .collect()
+    }
+
     /// Starts a new run: the epoch counter restarts; step, moments and RNG carry on.
     pub fn begin_run(&mut self) {
         self.checkpoint.state.epochs_done = 0;
