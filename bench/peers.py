@@ -210,7 +210,6 @@ def make_model(data, seed, bag=False, sparse=False, for_onnx=False):
             self.ent1, self.ent2 = nn.Linear((2 * data.window + 1) * D, H), nn.Linear(H, K)
             # the unseen-word feature's row (the padding row when there is none)
             self.register_buffer("oov_id", torch.tensor([data.oov or 0]), persistent=False)
-            self.register_buffer("bag_start", torch.tensor([0]), persistent=False)
             self.drop = nn.Dropout(DROPOUT)
             # refit's initialisation: normal(0, 1/sqrt(D)) rows with a zero padding row,
             # He-normal matrices, zero biases.
@@ -236,8 +235,12 @@ def make_model(data, seed, bag=False, sparse=False, for_onnx=False):
         def forward(self, ids, fw, mask, tok_w, oov, offsets=None):
             if self.bag:  # ragged: ids/fw list the batch's features, offsets start each token
                 B, T = mask.shape
-                tok = self.emb(ids, offsets, per_sample_weights=fw).reshape(B, T, -1)
-                oov_row = self.emb(self.oov_id, self.bag_start)
+                # one more bag holding the unseen-word feature alone, in the same call (one
+                # sparse gradient for the embedding, not two)
+                bags = self.emb(torch.cat([ids, self.oov_id]),
+                                torch.cat([offsets, offsets.new_tensor([ids.shape[0]])]),
+                                per_sample_weights=torch.cat([fw, fw.new_ones(1)]))
+                tok, oov_row = bags[:-1].reshape(B, T, -1), bags[-1:]
             else:
                 tok = (self.emb(ids) * fw.unsqueeze(-1)).sum(2)
                 oov_row = self.emb(self.oov_id)

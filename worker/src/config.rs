@@ -89,8 +89,9 @@ pub struct WorkerSettings {
     pub device: DeviceChoice,
     /// The CUDA device ordinal for `cuda`/`auto`. Default 0.
     pub cuda_device: u32,
-    /// ONNX Runtime intra-op threads per job; 0 lets ONNX Runtime choose. Default: the number of
-    /// CPUs divided by `concurrency`.
+    /// Threads per job (see `RuntimeOptions::intra_threads`: on the CPU, ONNX Runtime itself
+    /// uses one and a second prepares batches). Default: the number of CPUs divided by
+    /// `concurrency`.
     pub intra_threads: Option<usize>,
     /// Write a resume checkpoint every this many epochs (0: never by epoch count). Default 10.
     pub resume_every_epochs: u32,
