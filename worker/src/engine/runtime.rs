@@ -426,20 +426,9 @@ pub fn run_f32_visit(
     outputs: &[&str],
     visit: impl FnOnce(&[&[f32]]),
 ) -> Result<(), EngineError> {
-    run_with(session, inputs, outputs, |values| {
-        let mut slices = Vec::with_capacity(values.len());
-        for (i, value) in values.iter().enumerate() {
-            let (_, data) =
-                value
-                    .try_extract_tensor::<f32>()
-                    .map_err(|err| EngineError::Value {
-                        name: outputs[i].to_owned(),
-                        reason: err.to_string(),
-                    })?;
-            slices.push(data);
-        }
+    run_visit::<f32, _>(session, inputs, outputs, |values| {
+        let slices: Vec<&[f32]> = values.iter().map(|(_, data)| *data).collect();
         visit(&slices);
-        Ok(())
     })
 }
 
@@ -458,8 +447,24 @@ fn run_typed<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug
     inputs: &[(&str, &HostTensor)],
     outputs: &[&str],
 ) -> Result<Vec<Output<T>>, EngineError> {
+    run_visit::<T, _>(session, inputs, outputs, |values| {
+        values
+            .iter()
+            .map(|(shape, data)| (shape.to_vec(), data.to_vec()))
+            .collect()
+    })
+}
+
+/// Runs the session and hands the requested outputs, as `(shape, values)` of element type `T`
+/// borrowed from ONNX Runtime, to `visit`.
+fn run_visit<T: ort::value::PrimitiveTensorElementType + std::fmt::Debug, R>(
+    session: &mut Session,
+    inputs: &[(&str, &HostTensor)],
+    outputs: &[&str],
+    visit: impl FnOnce(&[(&[i64], &[T])]) -> R,
+) -> Result<R, EngineError> {
     run_with(session, inputs, outputs, |values| {
-        let mut out = Vec::with_capacity(values.len());
+        let mut typed = Vec::with_capacity(values.len());
         for (i, value) in values.iter().enumerate() {
             let (shape, data) =
                 value
@@ -468,9 +473,9 @@ fn run_typed<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug
                         name: outputs[i].to_owned(),
                         reason: err.to_string(),
                     })?;
-            out.push((shape.to_vec(), data.to_vec()));
+            typed.push((&shape[..], data));
         }
-        Ok(out)
+        Ok(visit(&typed))
     })
 }
 
