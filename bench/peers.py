@@ -8,6 +8,7 @@ reproduce worker/src/engine/model.rs, batch.rs and trainer.rs:
 
   per epoch: each token whose word occurs once in the data gets the unseen-word feature in
              place of its word feature with probability rare_word_oov
+  per batch: the tagger sees each token as an unseen word with probability tagger_word_mask
   per token: embedding rows [V, D] of its feature ids, each weighted 1/sqrt(#features) (and,
              while training, zeroed with probability feature_dropout), summed
              -> + b_tok = t; ReLU(t) -> dropout                              = h [B, T, D]
@@ -69,10 +70,10 @@ import numpy as np
 # refit's TrainOptions defaults; the features file's `train_options` (what refit trains with)
 # override them, see Data.
 LR, BETAS, EPS, WD, DROPOUT, BATCH = 0.003, (0.9, 0.999), 1e-8, 1e-4, 0.2, 64
-FEATURE_DROPOUT, ENTITY_WEIGHT, RARE_OOV = 0.0, 1.0, 0.0
+FEATURE_DROPOUT, ENTITY_WEIGHT, RARE_OOV, TAGGER_MASK = 0.0, 1.0, 0.0, 0.0
 IGNORE = -100
 KNOWN_OPTIONS = {"batch_size", "learning_rate", "weight_decay", "dropout", "feature_dropout",
-                 "entity_loss_weight", "rare_word_oov"}
+                 "entity_loss_weight", "rare_word_oov", "tagger_word_mask"}
 # refit's dense parameters the peers implement; w_int1_max (when present) adds max pooling.
 KNOWN_PARAMS = {"b_tok", "w_int1", "w_int1_max", "b_int1", "w_int2", "b_int2", "w_ent1", "b_ent1",
                 "w_ent2", "b_ent2"}
@@ -88,7 +89,7 @@ class Data:
     """The dataset padded to its own maxima; batches are cut down to their own maxima."""
 
     def __init__(self, path):
-        global LR, WD, DROPOUT, BATCH, FEATURE_DROPOUT, ENTITY_WEIGHT, RARE_OOV
+        global LR, WD, DROPOUT, BATCH, FEATURE_DROPOUT, ENTITY_WEIGHT, RARE_OOV, TAGGER_MASK
         d = json.loads(Path(path).read_text(encoding="utf-8"))
         self.meta = {k: v for k, v in d.items() if k != "examples"}
         o = d.get("train_options", {})
@@ -99,6 +100,7 @@ class Data:
         FEATURE_DROPOUT = o.get("feature_dropout", FEATURE_DROPOUT)
         ENTITY_WEIGHT = o.get("entity_loss_weight", ENTITY_WEIGHT)
         RARE_OOV = o.get("rare_word_oov", RARE_OOV)
+        TAGGER_MASK = o.get("tagger_word_mask", TAGGER_MASK)
         unknown = sorted(set(o) - KNOWN_OPTIONS)
         if unknown:
             log(f"peers: WARNING: refit trains with options the peers do not implement: "
@@ -160,6 +162,8 @@ class Data:
         ids = self.ids[idx, :T, :F]
         oov = (ids[:, :, 0] == self.oov).astype(np.float32) if self.oov is not None \
             else np.zeros((len(idx), T), np.float32)
+        if rng is not None and TAGGER_MASK > 0:  # the tagger sees random tokens as unseen words
+            oov[rng.random(oov.shape, dtype=np.float32) < TAGGER_MASK] = 1.0
         return (ids, fw, mask, tok_w, oov, self.intent[idx], self.tags[idx, :T].reshape(-1))
 
 

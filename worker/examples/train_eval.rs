@@ -1,9 +1,9 @@
 //! Trains on one file and evaluates on another: `cargo run --release -p refit-worker --example
 //! train_eval -- TRAIN.yml[,MORE.yml] TEST.yml EPOCHS [LEARNING_RATE]`.
 //!
-//! Knobs (environment): `SEED`; `THREADS` (ONNX Runtime intra-op threads: 1 makes a run
-//! bit-for-bit repeatable, more threads do not); `DROPOUT`, `FDROP` (feature dropout), `OOV`
-//! (rare-word swap rate), `WD`, `BATCH`, `ENTW` (training options); `EMBED`, `HIDDEN`, `WINDOW`
+//! Knobs (environment): `SEED`; `THREADS` (`RuntimeOptions::intra_threads`: 1 trains without
+//! the batch-preparing thread, with the same result); `DROPOUT`, `FDROP` (feature dropout), `OOV` (rare-word swap rate),
+//! `TAGMASK` (tagger word mask), `WD`, `BATCH`, `ENTW` (training options); `EMBED`, `HIDDEN`, `WINDOW`
 //! (architecture). Diagnostics: `SHOW_ERRORS=1` lists the test examples whose entities differ
 //! from the gold ones; `SHOW_TAGS="text|other text"` prints each token's three likeliest tags.
 use std::path::Path;
@@ -35,6 +35,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = env("OOV") {
         opts.rare_word_oov = v.parse()?;
+    }
+    if let Some(v) = env("TAGMASK") {
+        opts.tagger_word_mask = v.parse()?;
     }
     if let Some(v) = env("THREADS") {
         opts.runtime.intra_threads = v.parse()?;

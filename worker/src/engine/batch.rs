@@ -140,6 +140,19 @@ impl Ragged {
         self.feat_tok.truncate(kept);
     }
 
+    /// Marks each token, with probability `rate`, as one the tagger sees as an unseen word
+    /// (`tok_oov`), drawing once per token in order.
+    pub fn mask_words_for_tagger(&mut self, rate: f32, rng: &mut Rng) {
+        if rate <= 0.0 {
+            return;
+        }
+        for unseen in &mut self.tok_oov {
+            if rng.next_f32() < rate {
+                *unseen = 1.0;
+            }
+        }
+    }
+
     /// The named batch inputs shared by the training and inference graphs (`ids` under
     /// `ids_name`).
     pub fn inputs(&self, ids_name: &'static str, d: &Dims) -> Vec<(&'static str, HostTensor)> {
@@ -283,6 +296,26 @@ mod tests {
         let before = r.ids.clone();
         r.drop_features(0.0, &mut Rng::seed(3));
         assert_eq!(r.ids, before);
+    }
+
+    #[test]
+    fn masking_words_for_the_tagger_only_adds_unseen_marks() {
+        let a = ex((0..400).map(|i| vec![i + 1]).collect());
+        let mut r = Ragged::new(&[&a], 1, Some(7), |id| id as i64);
+        assert_eq!(
+            r.tok_oov.iter().sum::<f32>(),
+            1.0,
+            "token 6 starts with the unseen id"
+        );
+        let ids = r.ids.clone();
+        r.mask_words_for_tagger(0.25, &mut Rng::seed(5));
+        let marked = r.tok_oov.iter().filter(|&&x| x == 1.0).count();
+        assert!((70..=130).contains(&marked), "{marked}");
+        assert_eq!(r.tok_oov[6], 1.0);
+        assert_eq!(r.ids, ids, "the features themselves are untouched");
+        let before = r.tok_oov.clone();
+        r.mask_words_for_tagger(0.0, &mut Rng::seed(5));
+        assert_eq!(r.tok_oov, before);
     }
 
     #[test]

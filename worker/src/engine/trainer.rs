@@ -45,6 +45,11 @@ pub struct TrainOptions {
     /// tagger then sees the unseen-word feature alone), so the model learns what to make of
     /// words it has never seen. Default 0.7.
     pub rare_word_oov: f32,
+    /// Chance that the entity tagger sees a token, any token, as an unseen word (the
+    /// unseen-word feature alone), drawn anew for every token of every batch: it learns to read
+    /// an entity from its neighbours, not only from the word. The intent head still sees the
+    /// token. Default 0.25 (entity F1 0.864 → 0.894 over 8 seeds, BENCHMARKS.md).
+    pub tagger_word_mask: f32,
     /// Where the graphs run.
     pub runtime: RuntimeOptions,
 }
@@ -58,6 +63,7 @@ impl Default for TrainOptions {
             dropout: 0.2,
             feature_dropout: 0.2,
             rare_word_oov: 0.7,
+            tagger_word_mask: 0.25,
             entity_loss_weight: 1.0,
             runtime: RuntimeOptions::default(),
         }
@@ -466,6 +472,7 @@ fn prepare(
     let mut ragged = Ragged::new(batch, d.window, oov, |id| slot[id as usize] as i64);
     clear_slots(&rows, slot);
     ragged.drop_features(opts.feature_dropout, rng);
+    ragged.mask_words_for_tagger(opts.tagger_word_mask, rng);
     let (b, m) = (ragged.batch, ragged.tokens);
     let (width, h) = (d.embed as usize, d.hidden as usize);
     let mut inputs = ragged.inputs("feat_idx", d);
