@@ -18,7 +18,7 @@ use super::EngineError;
 use super::batch::{Encoded, Ragged, clear_slots, dropout_mask, unique_rows};
 use super::checkpoint::{Checkpoint, ModelMeta};
 use super::featurizer::{FeatureLimits, Featurizer, Vocabulary};
-use super::model::{AdamW, Dims, dense_params, train_graph};
+use super::model::{AdamW, Dims, train_graph};
 use super::rng::Rng;
 use super::runtime::{HostTensor, RuntimeOptions, run_f32_visit, session_from_bytes};
 use super::tags::TagSet;
@@ -353,7 +353,6 @@ impl NluModel {
         let mut run = Run {
             model: self,
             session,
-            flat: FlatLayout::new(&d),
             buffers: Default::default(),
             adam,
             opts,
@@ -530,31 +529,10 @@ fn prepare(
     }
 }
 
-/// Where each dense parameter sits in the step graph's flat vector (after the embedding rows).
-struct FlatLayout {
-    /// Per parameter, in flat order: its index in `Checkpoint::dense` and its length.
-    dense: Vec<(usize, usize)>,
-    /// Total dense length.
-    dense_len: usize,
-}
-
-impl FlatLayout {
-    fn new(d: &Dims) -> Self {
-        let dense: Vec<(usize, usize)> = dense_params(d)
-            .iter()
-            .enumerate()
-            .map(|(i, (_, dims))| (i, dims.iter().product::<i64>() as usize))
-            .collect();
-        let dense_len = dense.iter().map(|&(_, len)| len).sum();
-        FlatLayout { dense, dense_len }
-    }
-}
-
 /// A training run in progress: what a step needs besides its batch.
 struct Run<'a> {
     model: &'a mut NluModel,
     session: ort::session::Session,
-    flat: FlatLayout,
     /// Reused buffers for the flat parameter vector and its moments.
     buffers: [Vec<f32>; 3],
     adam: AdamW,
@@ -626,7 +604,9 @@ impl Run<'_> {
         let width = ckpt.meta.embed as usize;
         let rows = &batch.rows[..];
         let rows_len = rows.len() * width;
-        let total = rows_len + self.flat.dense_len;
+        // The dense parameters follow the rows, in `Checkpoint::dense` order (the step graph's).
+        let dense_len: usize = ckpt.dense.iter().map(|(_, p)| p.value.data.len()).sum();
+        let total = rows_len + dense_len;
         // The first `half` rows go to one thread; the rest and the dense part to the other.
         let half = if self.opts.runtime.prepare_in_parallel() {
             rows.len() / 2
@@ -643,14 +623,10 @@ impl Run<'_> {
                 &ckpt.embedding.m.data[..],
                 &ckpt.embedding.v.data[..],
             ];
-            let dense: Vec<[&[f32]; 3]> = self
-                .flat
+            let dense: Vec<[&[f32]; 3]> = ckpt
                 .dense
                 .iter()
-                .map(|&(i, _)| {
-                    let p = &ckpt.dense[i].1;
-                    [&p.value.data[..], &p.m.data[..], &p.v.data[..]]
-                })
+                .map(|(_, p)| [&p.value.data[..], &p.m.data[..], &p.v.data[..]])
                 .collect();
             let (mut low, mut high): (Vec<&mut [f32]>, Vec<&mut [f32]>) = buffers
                 .iter_mut()
@@ -679,7 +655,7 @@ impl Run<'_> {
             .map(|data| HostTensor::f32(&[total as i64], data))
             .collect();
         let mut sizes = vec![rows_len as i64];
-        sizes.extend(self.flat.dense.iter().map(|&(_, len)| len as i64));
+        sizes.extend(ckpt.dense.iter().map(|(_, p)| p.value.data.len() as i64));
         let sizes = HostTensor::i64(&[sizes.len() as i64], sizes);
         ckpt.state.step += 1;
         let step = ckpt.state.step as i32;
@@ -701,7 +677,6 @@ impl Run<'_> {
         inputs.extend(batch.inputs.iter().map(|(n, t)| (*n, t)));
         let wanted = ["loss", "new_params", "new_params_m", "new_params_v"];
         let mut loss = f64::NAN;
-        let flat = &self.flat;
         run_f32_visit(&mut self.session, &inputs, &wanted, |out| {
             loss = out[0][0] as f64;
             let values = [out[1], out[2], out[3]];
@@ -720,13 +695,13 @@ impl Run<'_> {
                     let from = &values[k][half * width..];
                     scatter_rows(target, high_rows, split / width, from, width);
                     let mut at = rows_len;
-                    for &(i, len) in &flat.dense {
-                        let p = &mut dense[i].1;
+                    for (_, p) in dense.iter_mut() {
                         let t = match k {
                             0 => &mut p.value,
                             1 => &mut p.m,
                             _ => &mut p.v,
                         };
+                        let len = t.data.len();
                         t.data.copy_from_slice(&values[k][at..at + len]);
                         at += len;
                     }
