@@ -81,6 +81,13 @@ pub struct CoordinatorSettings {
     pub token: Option<Secret>,
     /// A file holding the token (surrounding whitespace trimmed).
     pub token_file: Option<PathBuf>,
+    /// A bearer token `/metrics` then requires (a scraper's own, so it need not hold the API
+    /// token). Unset (the default), `/metrics` is open like most Prometheus endpoints: it shows
+    /// queue depths, job counts, model names, job and worker ids, never a secret. Prefer
+    /// `metrics_token_file` or `REFIT__COORDINATOR__METRICS_TOKEN`.
+    pub metrics_token: Option<Secret>,
+    /// A file holding the metrics token (surrounding whitespace trimmed).
+    pub metrics_token_file: Option<PathBuf>,
     /// The SQLite job store; created with its folder if missing. Default
     /// `.refit-local/coordinator.db`.
     pub database: PathBuf,
@@ -112,6 +119,8 @@ impl Default for CoordinatorSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             token: None,
             token_file: None,
+            metrics_token: None,
+            metrics_token_file: None,
             database: PathBuf::from(".refit-local/coordinator.db"),
             stall_after_secs: 60,
             default_epochs: 100,
@@ -131,6 +140,8 @@ impl fmt::Debug for CoordinatorSettings {
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "***"))
             .field("token_file", &self.token_file)
+            .field("metrics_token", &self.metrics_token.as_ref().map(|_| "***"))
+            .field("metrics_token_file", &self.metrics_token_file)
             .field("database", &self.database)
             .field("stall_after_secs", &self.stall_after_secs)
             .field("default_epochs", &self.default_epochs)
@@ -222,6 +233,12 @@ impl CoordinatorConfig {
                 "give token or token_file, not both".into(),
             ));
         }
+        if c.metrics_token.is_some() && c.metrics_token_file.is_some() {
+            return Err(invalid(
+                "coordinator.metrics_token",
+                "give metrics_token or metrics_token_file, not both".into(),
+            ));
+        }
         if c.token.is_none() && c.token_file.is_none() {
             return Err(invalid(
                 "coordinator.token",
@@ -291,29 +308,55 @@ impl CoordinatorConfig {
     /// The API token, read from `token` or `token_file`.
     pub fn token(&self) -> Result<Secret, ConfigError> {
         let c = &self.coordinator;
-        if let Some(token) = &c.token {
-            return check_token(token.expose().trim().to_owned());
-        }
-        let path = c
-            .token_file
-            .as_ref()
-            .expect("validate() requires token or token_file");
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
-            field: "coordinator.token_file".into(),
-            reason: format!("cannot read {}: {e}", path.display()),
-        })?;
-        check_token(text.trim().to_owned())
+        read_token(
+            "coordinator.token",
+            c.token.as_ref(),
+            c.token_file.as_deref(),
+        )?
+        .ok_or_else(|| ConfigError::Invalid {
+            field: "coordinator.token".into(),
+            reason: "the API needs a bearer token".into(),
+        })
+    }
+
+    /// The token `/metrics` requires, if one is set (`metrics_token` or `metrics_token_file`).
+    pub fn metrics_token(&self) -> Result<Option<Secret>, ConfigError> {
+        let c = &self.coordinator;
+        read_token(
+            "coordinator.metrics_token",
+            c.metrics_token.as_ref(),
+            c.metrics_token_file.as_deref(),
+        )
     }
 }
 
-fn check_token(token: String) -> Result<Secret, ConfigError> {
+/// A token given inline or in a file (surrounding whitespace trimmed), at least 16 characters.
+fn read_token(
+    field: &str,
+    inline: Option<&Secret>,
+    file: Option<&Path>,
+) -> Result<Option<Secret>, ConfigError> {
+    let invalid = |field: String, reason: String| ConfigError::Invalid { field, reason };
+    let token = match (inline, file) {
+        (Some(token), _) => token.expose().trim().to_owned(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| {
+                invalid(
+                    format!("{field}_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?
+            .trim()
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
     if token.len() < 16 {
-        return Err(ConfigError::Invalid {
-            field: "coordinator.token".into(),
-            reason: "must be at least 16 characters (e.g. `openssl rand -hex 24`)".into(),
-        });
+        return Err(invalid(
+            field.to_owned(),
+            "must be at least 16 characters (e.g. `openssl rand -hex 24`)".into(),
+        ));
     }
-    Ok(Secret::new(token))
+    Ok(Some(Secret::new(token)))
 }
 
 /// The dataset extension of an object key (`yml`, `yaml`, `jsonl` or `json`).
@@ -396,6 +439,39 @@ mod tests {
         vars[2] = ("REFIT__COORDINATOR__TOKEN", "short");
         let config = CoordinatorConfig::load_from(None, env(&vars)).unwrap();
         assert!(config.token().is_err());
+    }
+
+    #[test]
+    fn the_metrics_token_is_optional_checked_and_redacted() {
+        let config = CoordinatorConfig::load_from(None, env(BASE)).unwrap();
+        assert!(config.metrics_token().unwrap().is_none());
+
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "  m3trics-m3trics-m3trics  ").unwrap();
+        let path = file.path().to_str().unwrap();
+        let mut vars = BASE.to_vec();
+        vars.push(("REFIT__COORDINATOR__METRICS_TOKEN_FILE", path));
+        let config = CoordinatorConfig::load_from(None, env(&vars)).unwrap();
+        let token = config.metrics_token().unwrap().unwrap();
+        assert_eq!(token.expose(), "m3trics-m3trics-m3trics");
+
+        vars.push((
+            "REFIT__COORDINATOR__METRICS_TOKEN",
+            "m3trics-m3trics-m3trics",
+        ));
+        let err = CoordinatorConfig::load_from(None, env(&vars)).unwrap_err();
+        assert!(err.to_string().contains("not both"), "{err}");
+
+        let mut vars = BASE.to_vec();
+        vars.push(("REFIT__COORDINATOR__METRICS_TOKEN", "m3trics-short"));
+        let config = CoordinatorConfig::load_from(None, env(&vars)).unwrap();
+        assert!(!format!("{config:?}").contains("m3trics"));
+        let err = config.metrics_token().unwrap_err().to_string();
+        assert!(
+            err.contains("coordinator.metrics_token") && err.contains("16 characters"),
+            "{err}"
+        );
+        assert!(!err.contains("m3trics"), "{err}");
     }
 
     #[test]

@@ -25,7 +25,7 @@
 //! | `GET /v1/models/{name}/versions` | → [`wire::VersionList`] |
 //! | `PUT /v1/models/{name}/aliases/{alias}` | [`wire::AliasRequest`] → [`wire::AliasView`] |
 //! | `GET /v1/overview` | → [`wire::Overview`] (what the dashboard shows) |
-//! | `GET /healthz`, `GET /metrics`, `GET /`, `GET /openapi.yaml` | no token: health, Prometheus text, the dashboard, the API description |
+//! | `GET /healthz`, `GET /metrics`, `GET /`, `GET /openapi.yaml` | no token (`/metrics`: its own, when `coordinator.metrics_token` is set): health, Prometheus text, the dashboard, the API description |
 
 pub mod api;
 pub mod cli;

@@ -164,6 +164,10 @@ fn v1_needs_the_bearer_token_and_the_rest_does_not() {
         .as_vec()
         .expect("a global security requirement");
     assert!(global.iter().any(|s| !s["bearerAuth"].is_badvalue()));
+    assert_eq!(
+        spec["components"]["securitySchemes"]["metricsBearer"]["scheme"].as_str(),
+        Some("bearer")
+    );
     let mut operation_ids = BTreeSet::new();
     for (path, item) in spec["paths"].as_hash().unwrap() {
         let path = path.as_str().unwrap();
@@ -186,6 +190,22 @@ fn v1_needs_the_bearer_token_and_the_rest_does_not() {
                     "{method} {path} must keep the global bearer requirement"
                 );
                 assert!(responses.contains("401"), "{method} {path} lacks its 401");
+            } else if path == "/metrics" {
+                // Open unless `coordinator.metrics_token` is set: no requirement, or that token.
+                let options = op["security"]
+                    .as_vec()
+                    .expect("/metrics states its security");
+                assert!(
+                    options
+                        .iter()
+                        .any(|s| s.as_hash().is_some_and(|h| h.is_empty())),
+                    "/metrics: list `{{}}` (open by default)"
+                );
+                assert!(
+                    options.iter().any(|s| !s["metricsBearer"].is_badvalue()),
+                    "/metrics: list `metricsBearer`"
+                );
+                assert!(responses.contains("401"), "/metrics lacks its 401");
             } else {
                 assert_eq!(
                     op["security"].as_vec().map(Vec::len),

@@ -59,6 +59,17 @@ impl ApiError {
         )
     }
 
+    /// 401 on `/metrics` when `coordinator.metrics_token` is set.
+    pub fn metrics_unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token: /metrics needs `Authorization: Bearer <token>` with \
+             the coordinator's coordinator.metrics_token (Prometheus: `authorization: \
+             {credentials_file: ...}` in the scrape config)",
+        )
+    }
+
     /// 503 `store_unavailable`: the object store failed; the cause is logged.
     pub fn store_unavailable(cause: &dyn std::fmt::Display) -> Self {
         warn!(%cause, "object store unavailable");

@@ -24,6 +24,8 @@ use tracing::info;
 
 pub use error::ApiError;
 
+use refit_worker::storage::Secret;
+
 use crate::service::App;
 
 /// The API description, served at `/openapi.yaml`.
@@ -51,7 +53,11 @@ pub fn router(app: App) -> Router {
         .nest("/v1", v1)
         .route("/", get(overview::dashboard))
         .route("/healthz", get(overview::healthz))
-        .route("/metrics", get(overview::metrics))
+        .route(
+            "/metrics",
+            get(overview::metrics)
+                .route_layer(middleware::from_fn_with_state(app.clone(), metrics_auth)),
+        )
         .route("/openapi.yaml", get(openapi))
         .fallback(not_found)
         .layer(middleware::from_fn(log_request))
@@ -74,18 +80,32 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn auth(State(app): State<App>, request: Request, next: Next) -> Response {
-    let presented = request
+/// Whether the request carries `Authorization: Bearer <token>` with exactly this token.
+fn presents(request: &Request, token: &Secret) -> bool {
+    request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        Some(token) if same_secret(token.as_bytes(), app.token.expose().as_bytes()) => {
-            next.run(request).await
+        .map(str::trim)
+        .is_some_and(|presented| same_secret(presented.as_bytes(), token.expose().as_bytes()))
+}
+
+async fn auth(State(app): State<App>, request: Request, next: Next) -> Response {
+    if presents(&request, &app.token) {
+        next.run(request).await
+    } else {
+        ApiError::unauthorized().into_response()
+    }
+}
+
+/// `/metrics` is open unless `coordinator.metrics_token` is set; then it needs that token.
+async fn metrics_auth(State(app): State<App>, request: Request, next: Next) -> Response {
+    match &app.metrics_token {
+        Some(token) if !presents(&request, token) => {
+            ApiError::metrics_unauthorized().into_response()
         }
-        _ => ApiError::unauthorized().into_response(),
+        _ => next.run(request).await,
     }
 }
 

@@ -49,6 +49,8 @@ pub struct App {
     pub queues: Arc<queues::QueueStats>,
     /// The API token.
     pub token: Arc<Secret>,
+    /// The token `/metrics` requires, if one is configured.
+    pub metrics_token: Option<Arc<Secret>>,
 }
 
 impl App {
@@ -56,6 +58,7 @@ impl App {
     /// broker connection (which keeps trying in the background if the broker is down).
     pub async fn new(config: CoordinatorConfig) -> anyhow::Result<Self> {
         let token = config.token()?;
+        let metrics_token = config.metrics_token()?.map(Arc::new);
         let store = Store::open(&config.coordinator.database).with_context(|| {
             format!(
                 "cannot open the job store {}",
@@ -75,6 +78,7 @@ impl App {
             metrics: Arc::new(metrics::Metrics::new()),
             queues,
             token: Arc::new(token),
+            metrics_token,
         })
     }
 }

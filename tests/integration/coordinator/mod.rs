@@ -202,6 +202,8 @@ struct Options {
     own_amqp_user: bool,
     /// Secrets from files rather than the environment.
     secrets_via_files: bool,
+    /// A token of its own for `/metrics` (`coordinator.metrics_token`).
+    metrics_token: bool,
 }
 
 /// A RabbitMQ user made for one test.
@@ -313,6 +315,8 @@ struct Stack {
     prefix: String,
     model: String,
     token: String,
+    /// `/metrics`' token, with [`Options::metrics_token`].
+    metrics_token: Option<String>,
     port: u16,
     dir: tempfile::TempDir,
     amqp_url: String,
@@ -393,6 +397,7 @@ impl Stack {
                 .replace(['_', '.'], "-"),
             prefix,
             token: random_hex(24),
+            metrics_token: options.metrics_token.then(|| random_hex(24)),
             port: free_port()?,
             dir: tempfile::tempdir()?,
             amqp_url,
@@ -523,6 +528,16 @@ impl Stack {
             );
         } else {
             command.env("REFIT__COORDINATOR__TOKEN", &self.token);
+        }
+        if let Some(token) = &self.metrics_token {
+            if self.options.secrets_via_files {
+                command.env(
+                    "REFIT__COORDINATOR__METRICS_TOKEN_FILE",
+                    self.secret_file("metrics-token", &format!("{token}\n"))?,
+                );
+            } else {
+                command.env("REFIT__COORDINATOR__METRICS_TOKEN", token);
+            }
         }
         if let Some(toml) = &self.options.config_toml {
             let path = self.dir.path().join("coordinator.toml");
@@ -785,9 +800,11 @@ impl Stack {
 
     /// `GET /metrics` (no token).
     async fn metrics(&self) -> Result<String> {
-        let response = self
-            .http
-            .get(format!("{}/metrics", self.url()))
+        let mut request = self.http.get(format!("{}/metrics", self.url()));
+        if let Some(token) = &self.metrics_token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
             .send()
             .await
             .context("GET /metrics: the coordinator does not answer")?;
@@ -886,11 +903,15 @@ impl Stack {
 
     /// The secrets no log line may hold: (what, the text looked for).
     fn secrets(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut secrets = vec![
             ("the API token", self.token.clone()),
             ("the S3 secret key", self.s3_secret()),
             ("the AMQP password", self.amqp_secret.clone()),
-        ]
+        ];
+        if let Some(token) = &self.metrics_token {
+            secrets.push(("the metrics token", token.clone()));
+        }
+        secrets
     }
 
     /// Fails when a log (or the CLI's output) holds a secret; names the file and line number,

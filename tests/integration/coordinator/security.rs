@@ -71,7 +71,8 @@ fn normalise(path: &str) -> String {
 }
 
 /// "Done when" 8: calls without the token or with a wrong one get 401 and an error body that
-/// holds no data, and change nothing; no secret (the API token, the S3 secret key, the AMQP
+/// holds no data, and change nothing; `/metrics` with `coordinator.metrics_token` set wants that
+/// token; no secret (the API token, the S3 secret key, the AMQP
 /// password of a RabbitMQ user made for this test) appears in any log line of the coordinator
 /// and the workers, here with every secret handed over in a file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,6 +82,7 @@ async fn coordinator_refuses_missing_or_wrong_tokens_and_logs_no_secret() -> Res
         Options {
             own_amqp_user: true,
             secrets_via_files: true,
+            metrics_token: true,
             ..Options::default()
         },
     )
@@ -266,8 +268,36 @@ async fn coordinator_refuses_missing_or_wrong_tokens_and_logs_no_secret() -> Res
         "a refused alias call set an alias: {ours}"
     );
 
+    // With coordinator.metrics_token set, /metrics wants that token: not none, not the API's.
+    let metrics_url = format!("{}/metrics", stack.url());
+    for (what, token) in [("no token", None), ("the API token", Some(&stack.token))] {
+        let mut request = stack.http.get(&metrics_url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let body = response.text().await?;
+        ensure!(
+            status == StatusCode::UNAUTHORIZED,
+            "GET /metrics with {what}: {status} {body}"
+        );
+        ensure!(
+            body.contains("metrics_token") && !body.contains("refit_jobs"),
+            "GET /metrics with {what}: {body}"
+        );
+    }
+    let text = stack.metrics().await?;
+    ensure!(
+        text.contains("refit_jobs{state=\"running\"} 1"),
+        "/metrics with its token: {text}"
+    );
+    for (what, secret) in stack.secrets() {
+        ensure!(!text.contains(&secret), "GET /metrics shows {what}");
+    }
+
     // What needs no token holds no secret either.
-    for path in ["/metrics", "/healthz", "/", "/openapi.yaml"] {
+    for path in ["/healthz", "/", "/openapi.yaml"] {
         let text = stack
             .http
             .get(format!("{}{path}", stack.url()))
