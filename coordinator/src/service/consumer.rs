@@ -73,7 +73,7 @@ pub(super) async fn run_events(app: App, shutdown: CancellationToken) {
             None => break,
         }
     }
-    let _ = consumer.cancel().await;
+    consumer.close().await;
     debug!("events consumer stopped");
 }
 
@@ -195,7 +195,7 @@ pub(super) async fn run_dead_letters(app: App, shutdown: CancellationToken) {
         }
         let _ = delivery.ack().await;
     }
-    let _ = consumer.cancel().await;
+    consumer.close().await;
 }
 
 /// Marks running jobs without heartbeats `stalled`, every few seconds until `shutdown`.

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use refit_proto::{Control, JobId};
-use refit_worker::queue::{Publisher, QueueError};
+use refit_worker::queue::{Publisher, QueueError, close_channel};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -51,6 +51,9 @@ pub(super) async fn run(app: App, shutdown: CancellationToken) {
             () = tokio::time::sleep(interval) => {}
         }
     }
+    if let Some(link) = link {
+        link.publisher.close().await;
+    }
     debug!("outbox stopped");
 }
 
@@ -59,6 +62,7 @@ async fn connect(app: &App) -> Result<Link, QueueError> {
     let topology = app.broker.topology();
     topology.declare(&channel).await?;
     topology.declare_coordinator(&channel).await?;
+    close_channel(&channel, "declarations").await;
     let publisher = Publisher::new(&app.broker).await?;
     Ok(Link {
         publisher,
@@ -85,6 +89,7 @@ async fn drain(app: &App, link: &mut Option<Link>) -> anyhow::Result<()> {
                 .topology()
                 .declare_job_queue(&channel, &pool)
                 .await?;
+            close_channel(&channel, "declarations").await;
             pools.insert(pool.clone());
         }
         if let Err(error) = publisher.publish_job_to(&pool, &spec).await {

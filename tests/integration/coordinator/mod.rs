@@ -166,11 +166,12 @@ impl Proc {
         }
     }
 
-    /// SIGTERM, then waits for a clean exit (code 0).
+    /// SIGTERM, then waits for a clean exit (code 0) that logged no `ERROR` line on the way.
     async fn stop(&mut self) -> Result<()> {
         if self.child.is_none() {
             return Ok(());
         }
+        let logged_before = std::fs::metadata(&self.log).map_or(0, |m| m.len());
         self.signal("TERM")?;
         let status = self.wait_exit(Duration::from_secs(90)).await?;
         ensure!(
@@ -179,8 +180,41 @@ impl Proc {
             self.name,
             tail(&self.log, 40)
         );
+        let log = std::fs::read(&self.log)?;
+        let during = String::from_utf8_lossy(log.get(logged_before as usize..).unwrap_or_default());
+        let errors: Vec<&str> = during
+            .lines()
+            .filter(|l| log_level(l) == Some("ERROR"))
+            .collect();
+        ensure!(
+            errors.is_empty(),
+            "{} logged errors while shutting down: {errors:#?}",
+            self.name
+        );
         Ok(())
     }
+}
+
+/// The level of a `tracing` log line (`2026-…Z  INFO target: …`, colours or not).
+fn log_level(line: &str) -> Option<&str> {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An SGR sequence: ESC [ … m.
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    let level = plain.split_whitespace().nth(1)?;
+    ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"]
+        .into_iter()
+        .find(|l| *l == level)
 }
 
 impl Drop for Proc {

@@ -403,6 +403,21 @@ impl Supervisor {
     }
 }
 
+/// Closes a channel and waits for the broker's answer (up to [`CLOSE_TIMEOUT`]); failures are
+/// only logged, at debug level. Close what is done with rather than dropping it: a dropped channel
+/// closes in the background, and at shutdown that close can cross the connection's own (lapin then
+/// logs a connection error).
+pub async fn close_channel(channel: &Channel, what: &str) {
+    if !channel.status().connected() {
+        return;
+    }
+    match tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "refit: done".into())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => debug!(%error, what, "closing a rabbitmq channel failed"),
+        Err(_) => debug!(what, "closing a rabbitmq channel timed out"),
+    }
+}
+
 async fn close(connection: &Connection) {
     if !connection.status().connected() {
         return;

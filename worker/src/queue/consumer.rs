@@ -8,9 +8,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, Channel};
 use refit_proto::{DecodeError, Message};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::broker::{Broker, backoff_delay};
+use super::broker::{Broker, backoff_delay, close_channel};
 use super::error::QueueError;
 use super::topology::Topology;
 
@@ -36,7 +36,9 @@ enum Source {
 /// goes up.
 ///
 /// `next` is cancel-safe: use it in `select!` with a shutdown token. For a graceful stop call
-/// [`Consumer::cancel`] (no new deliveries), finish or nack what is in flight, then drop it.
+/// [`Consumer::cancel`] (no new deliveries), finish or nack what is in flight, then
+/// [`Consumer::close`] it before closing the broker (a consumer merely dropped closes its channel
+/// in the background, which can cross the connection's close).
 pub struct Consumer {
     broker: Broker,
     topology: Topology,
@@ -151,6 +153,20 @@ impl Consumer {
                     self.active = None;
                 }
             }
+        }
+    }
+
+    /// Cancels the subscription if that has not happened yet and closes its channel (see
+    /// [`close_channel`]). Errors are only logged: the broker requeues whatever was not settled
+    /// either way.
+    pub async fn close(mut self) {
+        if !self.cancelled
+            && let Err(error) = self.cancel().await
+        {
+            debug!(%error, queue = %self.queue, "cancelling the consumer before closing failed");
+        }
+        if let Some(active) = self.active.take() {
+            close_channel(&active.channel, &self.queue).await;
         }
     }
 

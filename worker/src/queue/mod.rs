@@ -71,7 +71,7 @@ mod error;
 mod publisher;
 mod topology;
 
-pub use broker::Broker;
+pub use broker::{Broker, close_channel};
 pub use config::{DEFAULT_URL, QueueConfig, redact_url};
 pub use consumer::{Consumer, Delivery};
 pub use error::QueueError;

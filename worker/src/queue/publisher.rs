@@ -9,7 +9,7 @@ use refit_proto::{Control, Event, JobSpec};
 use tokio::sync::Mutex;
 use tracing::debug;
 
-use super::broker::Broker;
+use super::broker::{Broker, close_channel};
 use super::error::QueueError;
 use super::topology::Topology;
 
@@ -151,6 +151,13 @@ impl Publisher {
                 exchange: exchange.to_owned(),
                 routing_key: routing_key.to_owned(),
             }),
+        }
+    }
+
+    /// Closes the channel (see [`close_channel`]); a later publish would open a new one.
+    pub async fn close(&self) {
+        if let Some(channel) = self.channel.lock().await.take() {
+            close_channel(&channel, "publisher").await;
         }
     }
 

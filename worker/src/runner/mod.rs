@@ -89,7 +89,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{WorkerConfig, WorkerSettings};
 use crate::engine::runtime::{self, RuntimeOptions};
-use crate::queue::{Broker, Consumer, Publisher};
+use crate::queue::{Broker, Consumer, Publisher, close_channel};
 use crate::storage::{ObjectStore, S3Store};
 use retry::Retry;
 
@@ -170,7 +170,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     // keeps a worker that starts before the coordinator from failing on unroutable events, and
     // keeps the events for the coordinator.
     topology.declare_coordinator(&channel).await?;
-    drop(channel);
+    close_channel(&channel, "declarations").await;
     let publisher = Arc::new(Publisher::new(&broker).await?);
 
     let (attempts, initial, max) = config.retry_delays();
@@ -192,7 +192,8 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
 
     // Subscribed before any job is taken, so no cancel for a job of ours is missed.
     let control = Consumer::control(&broker).await?;
-    let control_task = tokio::spawn(control_loop(control, shared.clone()));
+    let control_stop = CancellationToken::new();
+    let control_task = tokio::spawn(control_loop(control, shared.clone(), control_stop.clone()));
 
     let mut jobs = Consumer::jobs(&broker).await?;
     let concurrency = usize::from(config.worker.concurrency.max(1));
@@ -258,8 +259,13 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         );
         tasks.shutdown().await;
     }
-    control_task.abort();
-    drop(jobs);
+    // Channels closed one by one before the connection: a dropped consumer's channel would close
+    // in the background, crossing the connection's close (lapin then logs a connection error).
+    control_stop.cancel();
+    if let Err(err) = control_task.await {
+        error!(error = %err, "the control task failed");
+    }
+    jobs.close().await;
     broker.close().await;
     match failure {
         Some(err) => Err(err.into()),
@@ -267,9 +273,16 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     }
 }
 
-/// Applies `cancel` control messages to this worker's jobs.
-async fn control_loop(mut control: Consumer, shared: Arc<Shared>) {
-    while let Some(next) = control.next().await {
+/// Applies `cancel` control messages to this worker's jobs until `stop`, then closes the
+/// consumer.
+async fn control_loop(mut control: Consumer, shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            next = control.next() => next,
+        };
+        let Some(next) = next else { break };
         match next {
             Ok(delivery) => {
                 match delivery.decode::<Control>() {
@@ -282,8 +295,9 @@ async fn control_loop(mut control: Consumer, shared: Arc<Shared>) {
             }
             Err(err) => {
                 error!(error = %err, "cannot consume control messages; cancels are not applied");
-                return;
+                break;
             }
         }
     }
+    control.close().await;
 }
