@@ -349,7 +349,10 @@ pub struct WorkerView {
     pub heartbeat_age_secs: f64,
     /// The job it last reported on.
     pub job: Option<String>,
-    /// `busy` while its job runs, `idle` after it ended, `lost` past the stall threshold.
+    /// The pool it consumes (from its presence messages).
+    pub pool: Option<String>,
+    /// `busy` while a job runs, `idle` without one, `lost` when silent past the stall threshold,
+    /// `stopping` after it said it shuts down (`stopped` once silent past the threshold).
     pub status: String,
 }
 

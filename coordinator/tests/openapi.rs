@@ -538,6 +538,7 @@ fn schemas_list_exactly_the_fields_the_wire_types_send() {
         last_seen_at: Utc::now(),
         heartbeat_age_secs: 1.0,
         job: Some("j".into()),
+        pool: Some("default".into()),
         status: "busy".into(),
     };
     let queue = QueueView {

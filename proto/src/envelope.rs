@@ -7,7 +7,7 @@
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Control, Event};
+use crate::event::{Control, Event, WorkerStatus};
 use crate::job::JobSpec;
 
 /// The schema version this build writes.
@@ -38,6 +38,10 @@ impl Message for Event {
 
 impl Message for Control {
     const KIND: &'static str = "control";
+}
+
+impl Message for WorkerStatus {
+    const KIND: &'static str = "worker";
 }
 
 /// Why bytes could not be decoded into a message.
@@ -150,6 +154,28 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_worker_status_is_its_own_kind() {
+        use crate::event::{WorkerState, WorkerStatus};
+        let status = WorkerStatus {
+            worker_id: crate::ids::WorkerId::new("host-1").unwrap(),
+            at: chrono::Utc::now(),
+            state: WorkerState::Stopping,
+            running: 2,
+            pool: "gpu".into(),
+        };
+        let bytes = encode(&status);
+        assert_eq!(decode::<WorkerStatus>(&bytes).unwrap(), status);
+        // The coordinator's events queue gets both; it tells them apart by the kind.
+        assert_eq!(
+            decode::<Event>(&bytes),
+            Err(DecodeError::WrongKind {
+                expected: "event",
+                found: "worker".into(),
+            })
+        );
     }
 
     #[test]

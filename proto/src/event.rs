@@ -123,6 +123,45 @@ impl EventKind {
     }
 }
 
+/// A worker's presence, on `refit.events` with routing key `worker.<worker id>.<state>`: sent
+/// when the worker starts, every `worker.presence_secs` while it runs (idle or busy), and when it
+/// stops, so that idle workers are seen and a vanished one is noticed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// The worker.
+    pub worker_id: WorkerId,
+    /// When it was sent.
+    pub at: DateTime<Utc>,
+    /// Running or stopping.
+    pub state: WorkerState,
+    /// Jobs it is running.
+    #[serde(default)]
+    pub running: u32,
+    /// The pool whose job queue it consumes.
+    #[serde(default)]
+    pub pool: String,
+}
+
+/// A worker's state in a [`WorkerStatus`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    /// Running: taking jobs (or busy with them).
+    Online,
+    /// Shutting down: takes no new jobs; running ones hand back.
+    Stopping,
+}
+
+impl WorkerState {
+    /// The lowercase name, as used in routing keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Online => "online",
+            WorkerState::Stopping => "stopping",
+        }
+    }
+}
+
 /// A message on the `refit.control` fanout.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -25,7 +25,7 @@ pub mod keys;
 pub mod manifest;
 
 pub use envelope::{DecodeError, Message, decode, encode};
-pub use event::{Control, ErrorKind, Event, EventKind};
+pub use event::{Control, ErrorKind, Event, EventKind, WorkerState, WorkerStatus};
 pub use ids::{Alias, IdError, JobId, ModelName, Version, WorkerId};
 pub use job::{Budget, DatasetRef, Hyperparams, JobSpec, Mode};
 pub use manifest::{ArchSpec, FeaturizerSpec, LabelSet, Manifest, Metrics};

@@ -100,6 +100,10 @@ pub struct WorkerSettings {
     pub resume_every_secs: u64,
     /// Seconds between heartbeat events while a job runs. Default 5.
     pub heartbeat_secs: u64,
+    /// Seconds between presence messages (idle or busy), so that the coordinator lists idle
+    /// workers and notices one that vanished; keep it well under the coordinator's
+    /// `stall_after_secs`. Default 15.
+    pub presence_secs: u64,
     /// Tries of one S3 or broker operation that fails transiently before the job is handed back
     /// to the queue (nack with requeue). Default 10 (about a minute of retrying).
     pub retry_attempts: u32,
@@ -123,6 +127,7 @@ impl Default for WorkerSettings {
             resume_every_epochs: 10,
             resume_every_secs: 300,
             heartbeat_secs: 5,
+            presence_secs: 15,
             retry_attempts: 10,
             retry_initial_ms: 500,
             retry_max_ms: 10_000,
@@ -181,6 +186,9 @@ impl WorkerConfig {
         }
         if w.heartbeat_secs == 0 {
             return Err(invalid("worker.heartbeat_secs", "must be at least 1"));
+        }
+        if w.presence_secs == 0 {
+            return Err(invalid("worker.presence_secs", "must be at least 1"));
         }
         if w.retry_attempts == 0 {
             return Err(invalid("worker.retry_attempts", "must be at least 1"));

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use refit_proto::{Event, JobSpec};
+use refit_proto::{DecodeError, Event, JobSpec, Message, WorkerStatus};
 use refit_worker::queue::{Consumer, Delivery, QueueError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -80,6 +80,10 @@ pub(super) async fn run_events(app: App, shutdown: CancellationToken) {
 async fn handle_event(app: &App, delivery: Delivery, shutdown: &CancellationToken) {
     let event: Event = match delivery.decode() {
         Ok(event) => event,
+        Err(DecodeError::WrongKind { found, .. }) if found == WorkerStatus::KIND => {
+            handle_presence(app, delivery).await;
+            return;
+        }
         Err(error) => {
             // Garbage cannot become valid by retrying; keep a trace and drop it.
             warn!(
@@ -145,6 +149,30 @@ async fn handle_event(app: &App, delivery: Delivery, shutdown: &CancellationToke
                     () = tokio::time::sleep(STORE_RETRY) => {}
                 }
             }
+        }
+    }
+}
+
+/// Records a worker's presence message. A store failure leaves it unacked for a moment and
+/// then requeues it; the next one supersedes it anyway.
+async fn handle_presence(app: &App, delivery: Delivery) {
+    let status: WorkerStatus = match delivery.decode() {
+        Ok(status) => status,
+        Err(error) => {
+            warn!(%error, routing_key = delivery.routing_key(), "dropping an undecodable worker status");
+            app.metrics.undecodable_messages.inc();
+            let _ = delivery.ack().await;
+            return;
+        }
+    };
+    match app.store.record_presence(status).await {
+        Ok(()) => {
+            let _ = delivery.ack().await;
+        }
+        Err(error) => {
+            warn!(%error, "cannot record a worker's presence; requeueing it");
+            tokio::time::sleep(STORE_RETRY).await;
+            let _ = delivery.nack_requeue().await;
         }
     }
 }

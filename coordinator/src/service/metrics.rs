@@ -32,6 +32,7 @@ pub struct Metrics {
     broker_up: IntGauge,
     jobs: prometheus::IntGaugeVec,
     heartbeat_age: prometheus::GaugeVec,
+    workers: prometheus::IntGaugeVec,
     checkpoint_age: prometheus::GaugeVec,
 }
 
@@ -178,6 +179,12 @@ impl Metrics {
                 "Seconds since each worker's latest event (workers seen in the last hour).",
                 &["worker"],
             ),
+            workers: gauge(
+                &r,
+                "refit_workers",
+                "Workers seen in the last hour by status (busy, idle, lost, stopping, stopped).",
+                &["status"],
+            ),
             checkpoint_age: float_gauge(
                 &r,
                 "refit_job_checkpoint_age_seconds",
@@ -253,12 +260,19 @@ pub async fn render(app: &App) -> String {
     }
 
     m.heartbeat_age.reset();
+    m.workers.reset();
     let stall = app.config.coordinator.stall_after_secs;
     if let Ok(workers) = app
         .store
         .workers(Utc::now() - chrono::Duration::hours(1), stall)
         .await
     {
+        for status in ["busy", "idle", "lost", "stopping", "stopped"] {
+            let n = workers.iter().filter(|w| w.status == status).count();
+            m.workers
+                .with_label_values(&[status])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
         for w in workers {
             m.heartbeat_age
                 .with_label_values(&[w.id.as_str()])

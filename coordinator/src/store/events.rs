@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use refit_proto::{ErrorKind, Event, EventKind};
+use refit_proto::{ErrorKind, Event, EventKind, WorkerState, WorkerStatus};
 use rusqlite::{Connection, params};
 
 use super::jobs::get_job;
@@ -260,7 +260,34 @@ impl Store {
         .await
     }
 
-    /// Workers seen since `since`, newest first, with `lost` for those silent past `stall`.
+    /// Records a worker's presence message; an older one than what is stored changes nothing.
+    pub async fn record_presence(&self, status: WorkerStatus) -> Result<(), StoreError> {
+        self.call(move |conn| {
+            let busy = status.running > 0;
+            let stopping = status.state == WorkerState::Stopping;
+            conn.execute(
+                "INSERT INTO workers (id, last_seen_at, job_id, busy, presence, stopping, pool) \
+                 VALUES (?1, ?2, NULL, ?3, 1, ?4, ?5) \
+                 ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, \
+                 busy = excluded.busy, presence = 1, stopping = excluded.stopping, \
+                 pool = excluded.pool \
+                 WHERE excluded.last_seen_at >= workers.last_seen_at",
+                params![
+                    status.worker_id.as_str(),
+                    ts(status.at),
+                    i64::from(busy),
+                    i64::from(stopping),
+                    status.pool,
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Workers seen since `since`, newest first. Status: `stopping` (said so; `stopped` once
+    /// silent past `stall_secs`), `lost` (silent past `stall_secs` while busy, or while idle for a
+    /// worker that sends presence messages), `busy`, `idle`.
     pub async fn workers(
         &self,
         since: DateTime<Utc>,
@@ -268,8 +295,8 @@ impl Store {
     ) -> Result<Vec<WorkerView>, StoreError> {
         self.call(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT id, last_seen_at, job_id, busy FROM workers WHERE last_seen_at >= ?1 \
-                 ORDER BY last_seen_at DESC",
+                "SELECT id, last_seen_at, job_id, busy, presence, stopping, pool FROM workers \
+                 WHERE last_seen_at >= ?1 ORDER BY last_seen_at DESC",
             )?;
             let mut rows = stmt.query(params![ts(since)])?;
             let now = Utc::now();
@@ -278,18 +305,22 @@ impl Store {
                 let last_seen_at = parse_ts(&row.get::<_, String>(1)?)?;
                 let age = (now - last_seen_at).num_milliseconds().max(0) as f64 / 1000.0;
                 let busy = row.get::<_, i64>(3)? != 0;
-                let status = if busy && age > stall_secs as f64 {
-                    "lost"
-                } else if busy {
-                    "busy"
-                } else {
-                    "idle"
+                let presence = row.get::<_, i64>(4)? != 0;
+                let stopping = row.get::<_, i64>(5)? != 0;
+                let silent = age > stall_secs as f64;
+                let status = match () {
+                    () if stopping && silent => "stopped",
+                    () if stopping => "stopping",
+                    () if silent && (busy || presence) => "lost",
+                    () if busy => "busy",
+                    () => "idle",
                 };
                 out.push(WorkerView {
                     id: row.get(0)?,
                     last_seen_at,
                     heartbeat_age_secs: age,
                     job: row.get(2)?,
+                    pool: row.get(6)?,
                     status: status.to_owned(),
                 });
             }
@@ -417,6 +448,66 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(workers[0].status, "idle");
+    }
+
+    #[tokio::test]
+    async fn presence_lists_idle_workers_and_tells_stopping_stopped_and_lost() {
+        let store = Store::in_memory().unwrap();
+        let status = |id: &str, secs_ago: i64, state, running| WorkerStatus {
+            worker_id: refit_proto::WorkerId::new(id).unwrap(),
+            at: Utc::now() - chrono::Duration::seconds(secs_ago),
+            state,
+            running,
+            pool: "gpu".into(),
+        };
+        let statuses = |store: &Store| {
+            let store = store.clone();
+            async move {
+                let mut workers = store
+                    .workers(Utc::now() - chrono::Duration::hours(1), 60)
+                    .await
+                    .unwrap();
+                workers.sort_by(|a, b| a.id.cmp(&b.id));
+                workers
+                    .into_iter()
+                    .map(|w| (w.id, w.status, w.pool))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let online = WorkerState::Online;
+        let stopping = WorkerState::Stopping;
+        for s in [
+            status("a-idle", 1, online, 0),
+            status("b-busy", 1, online, 1),
+            status("c-lost", 90, online, 0),
+            status("d-stopping", 1, stopping, 0),
+            status("e-stopped", 90, stopping, 0),
+        ] {
+            store.record_presence(s).await.unwrap();
+        }
+        // An older message than the stored one changes nothing.
+        store
+            .record_presence(status("d-stopping", 30, online, 0))
+            .await
+            .unwrap();
+        let gpu = Some("gpu".to_owned());
+        assert_eq!(
+            statuses(&store).await,
+            [
+                ("a-idle", "idle"),
+                ("b-busy", "busy"),
+                ("c-lost", "lost"),
+                ("d-stopping", "stopping"),
+                ("e-stopped", "stopped"),
+            ]
+            .map(|(id, st)| (id.to_owned(), st.to_owned(), gpu.clone()))
+        );
+        // Back online after a stop.
+        store
+            .record_presence(status("e-stopped", 0, online, 0))
+            .await
+            .unwrap();
+        assert_eq!(statuses(&store).await[4].1, "idle");
     }
 
     #[tokio::test]

@@ -25,7 +25,10 @@ pub use jobs::{JobFilter, NewJob, StoredJob};
 pub use schedule::ScheduleRun;
 
 /// The migrations, in order; `PRAGMA user_version` is the number applied.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_init.sql"),
+    include_str!("../../migrations/0002_worker_presence.sql"),
+];
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]

@@ -5,6 +5,65 @@ use std::collections::BTreeSet;
 
 use super::*;
 
+/// Workers report themselves while idle: the overview lists both with their pool before any job
+/// ran, `/metrics` counts them, and one stopped with SIGTERM shows as `stopping` while the other
+/// stays `idle`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_lists_idle_workers_and_one_that_stops() -> Result<()> {
+    let mut stack = Stack::new("presence").await?;
+    stack.start_coordinator(&[]).await?;
+    stack.start_workers(2)?;
+    let (first, second) = (stack.worker_id(1), stack.worker_id(2));
+    let queue = stack.job_queue();
+    let pool = queue.rsplit('.').next().context("pool")?.to_owned();
+
+    wait_workers(&stack, &pool, &[(&first, "idle"), (&second, "idle")]).await?;
+    stack
+        .wait_metrics("two idle workers", |text| {
+            metric(text, "refit_workers", &[("status", "idle")]) == Some(2.0)
+        })
+        .await?;
+
+    stack.workers[0].stop().await?;
+    wait_workers(&stack, &pool, &[(&first, "stopping"), (&second, "idle")]).await?;
+    stack
+        .wait_metrics("one idle and one stopping worker", |text| {
+            metric(text, "refit_workers", &[("status", "idle")]) == Some(1.0)
+                && metric(text, "refit_workers", &[("status", "stopping")]) == Some(1.0)
+        })
+        .await?;
+    stack.finish().await
+}
+
+/// Polls `/v1/overview` until its workers are exactly `want` (id, status), all in `pool`.
+async fn wait_workers(stack: &Stack, pool: &str, want: &[(&str, &str)]) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let (_, overview) = stack.call(Method::GET, "/v1/overview", None).await?;
+        let workers = overview["workers"].as_array().cloned().unwrap_or_default();
+        let mut seen: Vec<(String, String, String)> = workers
+            .iter()
+            .map(|w| {
+                let field = |k: &str| w[k].as_str().unwrap_or("").to_owned();
+                (field("id"), field("status"), field("pool"))
+            })
+            .collect();
+        seen.sort();
+        let mut expected: Vec<(String, String, String)> = want
+            .iter()
+            .map(|(id, status)| ((*id).to_owned(), (*status).to_owned(), pool.to_owned()))
+            .collect();
+        expected.sort();
+        if seen == expected {
+            return Ok(());
+        }
+        if start.elapsed() > WAIT {
+            bail!("the overview's workers are {seen:?}, expected {expected:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// "Done when" 5: with no worker running, submitted jobs wait on the job queue and `/metrics`
 /// shows them as ready messages; `promtool check metrics` passes on the output, before and after
 /// workers ran them (when the histograms and counters have samples too).

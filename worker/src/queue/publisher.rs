@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation};
 use refit_proto::envelope::CONTENT_TYPE;
-use refit_proto::{Control, Event, JobSpec};
+use refit_proto::{Control, Event, JobSpec, WorkerStatus};
 use tokio::sync::Mutex;
 use tracing::debug;
 
@@ -71,6 +71,19 @@ impl Publisher {
             &Topology::event_routing_key(event),
             &refit_proto::encode(event),
             properties(Some(event.job_id.to_string())),
+            true,
+        )
+        .await
+    }
+
+    /// Publishes a worker's presence to the events exchange (routing key
+    /// `worker.<worker id>.<state>`), mandatory like events.
+    pub async fn publish_worker_status(&self, status: &WorkerStatus) -> Result<(), QueueError> {
+        self.send(
+            &self.topology.events_exchange(),
+            &Topology::worker_status_routing_key(status),
+            &refit_proto::encode(status),
+            properties(None),
             true,
         )
         .await

@@ -9,7 +9,7 @@
 //! | `refit.jobs.dlx` | fanout exchange | where the job queues dead-letter to |
 //! | `refit.jobs.dead` | durable quorum queue | jobs rejected or past the delivery limit, for an operator |
 //! | `refit.jobs.dead.coordinator` | durable quorum queue | the coordinator's copy of every dead-lettered job |
-//! | `refit.events` | topic exchange | worker events, routing key `job.<job id>.<event>` |
+//! | `refit.events` | topic exchange | worker events, routing key `job.<job id>.<event>`; worker presence, `worker.<worker id>.<state>` |
 //! | `refit.events.coordinator` | durable quorum queue | every event (`#`), for the coordinator |
 //! | `refit.control` | fanout exchange | control messages (cancel) to every worker |
 //! | (server-named) | exclusive auto-delete queue | one per worker connection, bound to `refit.control` |
@@ -22,7 +22,7 @@
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
-use refit_proto::{Control, Event};
+use refit_proto::{Control, Event, WorkerStatus};
 
 use super::config::QueueConfig;
 use super::error::QueueError;
@@ -113,6 +113,11 @@ impl Topology {
     /// An event's routing key: `job.<job id>.<event name>`, e.g. `job.0190….progress`.
     pub fn event_routing_key(event: &Event) -> String {
         format!("job.{}.{}", event.job_id, event.kind.name())
+    }
+
+    /// A worker status's routing key: `worker.<worker id>.<state>`, e.g. `worker.gpu-1.online`.
+    pub fn worker_status_routing_key(status: &WorkerStatus) -> String {
+        format!("worker.{}.{}", status.worker_id, status.state.as_str())
     }
 
     /// A control message's routing key (informational: the control exchange is a fanout).

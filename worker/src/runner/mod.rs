@@ -27,6 +27,9 @@
 //!
 //! `heartbeat` events go out every `heartbeat_secs` for the whole attempt, with the phase
 //! (`download`, `train`, `evaluate`, `upload`, `checkpoint`) and the resume checkpoint's age.
+//! Apart from jobs, the worker reports its presence ([`refit_proto::WorkerStatus`], routing key
+//! `worker.<id>.online`) when it starts and every `presence_secs`, and `worker.<id>.stopping` when
+//! a shutdown begins, so the coordinator lists idle workers and tells a stopped one from a lost one.
 //!
 //! ## Failures
 //!
@@ -82,7 +85,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
-use refit_proto::{Control, JobId, WorkerId};
+use refit_proto::{Control, JobId, WorkerId, WorkerState, WorkerStatus};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -92,6 +95,9 @@ use crate::engine::runtime::{self, RuntimeOptions};
 use crate::queue::{Broker, Consumer, Publisher, close_channel};
 use crate::storage::{ObjectStore, S3Store};
 use retry::Retry;
+
+/// How long one presence message may take to be confirmed.
+const PRESENCE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many cancelled job ids are remembered for jobs not (yet) running here.
 const EARLY_CANCELS: usize = 1024;
@@ -124,6 +130,25 @@ impl Shared {
         }
         cancels.running.insert(job, token.clone());
         token
+    }
+
+    /// Publishes this worker's presence (the running jobs counted now).
+    async fn publish_presence(&self, state: WorkerState, pool: &str) -> anyhow::Result<()> {
+        let running = self
+            .cancels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .running
+            .len();
+        let status = WorkerStatus {
+            worker_id: self.worker_id.clone(),
+            at: chrono::Utc::now(),
+            state,
+            running: u32::try_from(running).unwrap_or(u32::MAX),
+            pool: pool.to_owned(),
+        };
+        self.publisher.publish_worker_status(&status).await?;
+        Ok(())
     }
 
     fn unregister(&self, job: JobId) {
@@ -194,6 +219,13 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     let control = Consumer::control(&broker).await?;
     let control_stop = CancellationToken::new();
     let control_task = tokio::spawn(control_loop(control, shared.clone(), control_stop.clone()));
+    let pool = broker.topology().pool().to_owned();
+    let presence_stop = CancellationToken::new();
+    let presence_task = tokio::spawn(presence_loop(
+        shared.clone(),
+        pool.clone(),
+        presence_stop.clone(),
+    ));
 
     let mut jobs = Consumer::jobs(&broker).await?;
     let concurrency = usize::from(config.worker.concurrency.max(1));
@@ -232,7 +264,22 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         }
     }
 
-    // Ordered stop: no new jobs, running ones checkpoint and hand back, then the connection.
+    // Ordered stop: say so, no new jobs, running ones checkpoint and hand back, then the
+    // connection.
+    presence_stop.cancel();
+    if let Err(err) = presence_task.await {
+        error!(error = %err, "the presence task failed");
+    }
+    match tokio::time::timeout(
+        PRESENCE_TIMEOUT,
+        shared.publish_presence(WorkerState::Stopping, &pool),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => warn!(error = %err, "cannot tell the coordinator this worker stops"),
+        Err(_) => warn!("telling the coordinator this worker stops timed out"),
+    }
     if let Err(err) = jobs.cancel().await {
         warn!(error = %err, "failed to cancel the job consumer");
     }
@@ -270,6 +317,45 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     match failure {
         Some(err) => Err(err.into()),
         None => Ok(()),
+    }
+}
+
+/// Publishes this worker's presence at once and then every `presence_secs` until `stop`. A failed
+/// publish is logged once per outage and retried at the next tick.
+async fn presence_loop(shared: Arc<Shared>, pool: String, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(shared.settings.presence_secs));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let published = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            published = tokio::time::timeout(
+                PRESENCE_TIMEOUT,
+                shared.publish_presence(WorkerState::Online, &pool),
+            ) => published,
+        };
+        match published {
+            Ok(Ok(())) if failing => {
+                info!("presence messages reach the broker again");
+                failing = false;
+            }
+            Ok(Ok(())) => {}
+            Ok(Err(err)) if !failing => {
+                warn!(error = %err, "cannot publish this worker's presence; retrying");
+                failing = true;
+            }
+            Err(_) if !failing => {
+                warn!("publishing this worker's presence timed out; retrying");
+                failing = true;
+            }
+            Ok(Err(_)) | Err(_) => {}
+        }
     }
 }
 
