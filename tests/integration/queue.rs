@@ -18,7 +18,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use refit_proto::{
     Control, DatasetRef, Event, EventKind, Hyperparams, JobId, JobSpec, Mode, ModelName, Version,
-    WorkerId,
+    WorkerId, WorkerState, WorkerStatus,
 };
 use refit_worker::queue::{Broker, Consumer, Delivery, Publisher, QueueConfig, QueueError};
 
@@ -464,6 +464,55 @@ async fn events_reach_the_coordinator_queue_and_control_reaches_workers() -> Res
     let delivery = next(&mut control).await?;
     assert_eq!(delivery.decode::<Control>()?, cancel);
     delivery.ack().await?;
+    Ok(())
+}
+
+/// Worker presence reaches the coordinator's events queue next to the events, and expires there
+/// when nobody reads it in time (the coordinator away); events do not expire.
+#[tokio::test]
+async fn worker_presence_reaches_the_events_queue_and_expires_unread() -> Result<()> {
+    let test = TestBroker::declared(test_config()).await?;
+    let publisher = Publisher::new(&test.broker).await?;
+    let channel = test.broker.channel().await?;
+    test.broker.topology().declare_coordinator(&channel).await?;
+    let status = |state| WorkerStatus {
+        worker_id: WorkerId::new("test-worker").expect("valid id"),
+        at: Utc::now(),
+        state,
+        running: 0,
+        pool: "default".into(),
+    };
+    let event = Event {
+        job_id: JobId::new(),
+        attempt: 1,
+        worker_id: WorkerId::new("test-worker")?,
+        at: Utc::now(),
+        kind: EventKind::Cancelled,
+    };
+    // Unread for longer than its TTL: gone. The event after it stays.
+    publisher
+        .publish_worker_status(&status(WorkerState::Online), Duration::from_millis(200))
+        .await?;
+    publisher.publish_event(&event).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let fresh = status(WorkerState::Stopping);
+    publisher
+        .publish_worker_status(&fresh, Duration::from_secs(60))
+        .await?;
+
+    let mut events = Consumer::events(&test.broker, 8).await?;
+    let first = next(&mut events).await?;
+    assert_eq!(
+        first.routing_key(),
+        format!("job.{}.cancelled", event.job_id)
+    );
+    assert_eq!(first.decode::<Event>()?, event);
+    first.ack().await?;
+    let second = next(&mut events).await?;
+    assert_eq!(second.routing_key(), "worker.test-worker.stopping");
+    assert_eq!(second.decode::<WorkerStatus>()?, fresh);
+    second.ack().await?;
+    events.close().await;
     Ok(())
 }
 

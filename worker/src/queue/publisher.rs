@@ -1,6 +1,6 @@
 //! [`Publisher`]: confirmed, persistent, mandatory publishing.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation};
@@ -77,13 +77,20 @@ impl Publisher {
     }
 
     /// Publishes a worker's presence to the events exchange (routing key
-    /// `worker.<worker id>.<state>`), mandatory like events.
-    pub async fn publish_worker_status(&self, status: &WorkerStatus) -> Result<(), QueueError> {
+    /// `worker.<worker id>.<state>`), mandatory like events. It expires after `ttl` in the queue:
+    /// presence is news for a short while, and a coordinator that was away for a day should not
+    /// find thousands of them waiting.
+    pub async fn publish_worker_status(
+        &self,
+        status: &WorkerStatus,
+        ttl: Duration,
+    ) -> Result<(), QueueError> {
+        let millis = ttl.as_millis().max(1).to_string();
         self.send(
             &self.topology.events_exchange(),
             &Topology::worker_status_routing_key(status),
             &refit_proto::encode(status),
-            properties(None),
+            properties(None).with_expiration(millis.into()),
             true,
         )
         .await

@@ -147,7 +147,9 @@ impl Shared {
             running: u32::try_from(running).unwrap_or(u32::MAX),
             pool: pool.to_owned(),
         };
-        self.publisher.publish_worker_status(&status).await?;
+        // Stale after a few intervals: the next one supersedes it.
+        let ttl = Duration::from_secs(self.settings.presence_secs.saturating_mul(4));
+        self.publisher.publish_worker_status(&status, ttl).await?;
         Ok(())
     }
 
