@@ -17,8 +17,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use refit_proto::{
-    Control, DatasetRef, Event, EventKind, Hyperparams, JobId, JobSpec, Mode, ModelName, Version,
-    WorkerId, WorkerState, WorkerStatus,
+    Control, DatasetRef, Event, EventKind, Hyperparams, JobId, JobSpec, Message, Mode, ModelName,
+    Version, WorkerId, WorkerState, WorkerStatus,
 };
 use refit_worker::queue::{Broker, Consumer, Delivery, Publisher, QueueConfig, QueueError};
 
@@ -189,6 +189,19 @@ async fn next(consumer: &mut Consumer) -> Result<Delivery> {
         Ok(None) => bail!("the consumer ended"),
         Err(_) => bail!("no delivery within {WAIT:?}"),
     }
+}
+
+/// Takes the next delivery and checks it is `expected` under `routing_key`, then acks it.
+async fn receive<M: Message + PartialEq + std::fmt::Debug>(
+    consumer: &mut Consumer,
+    routing_key: &str,
+    expected: &M,
+) -> Result<()> {
+    let delivery = next(consumer).await?;
+    assert_eq!(delivery.routing_key(), routing_key);
+    assert_eq!(&delivery.decode::<M>()?, expected);
+    delivery.ack().await?;
+    Ok(())
 }
 
 /// Waits until `queue` has no consumer, then returns its ready-message count.
@@ -448,13 +461,12 @@ async fn events_reach_the_coordinator_queue_and_control_reaches_workers() -> Res
     let mut events = Consumer::events(&test.broker, 8).await?;
     assert_eq!(events.queue(), topology.coordinator_events_queue());
     publisher.publish_event(&event).await?;
-    let delivery = next(&mut events).await?;
-    assert_eq!(
-        delivery.routing_key(),
-        format!("job.{}.heartbeat", event.job_id)
-    );
-    assert_eq!(delivery.decode::<Event>()?, event);
-    delivery.ack().await?;
+    receive(
+        &mut events,
+        &format!("job.{}.heartbeat", event.job_id),
+        &event,
+    )
+    .await?;
 
     let mut control = Consumer::control(&test.broker).await?;
     let cancel = Control::Cancel {
@@ -501,17 +513,13 @@ async fn worker_presence_reaches_the_events_queue_and_expires_unread() -> Result
         .await?;
 
     let mut events = Consumer::events(&test.broker, 8).await?;
-    let first = next(&mut events).await?;
-    assert_eq!(
-        first.routing_key(),
-        format!("job.{}.cancelled", event.job_id)
-    );
-    assert_eq!(first.decode::<Event>()?, event);
-    first.ack().await?;
-    let second = next(&mut events).await?;
-    assert_eq!(second.routing_key(), "worker.test-worker.stopping");
-    assert_eq!(second.decode::<WorkerStatus>()?, fresh);
-    second.ack().await?;
+    receive(
+        &mut events,
+        &format!("job.{}.cancelled", event.job_id),
+        &event,
+    )
+    .await?;
+    receive(&mut events, "worker.test-worker.stopping", &fresh).await?;
     events.close().await;
     Ok(())
 }

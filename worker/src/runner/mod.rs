@@ -132,7 +132,8 @@ impl Shared {
         token
     }
 
-    /// Publishes this worker's presence (the running jobs counted now).
+    /// Publishes this worker's presence (the running jobs counted now), waiting up to
+    /// [`PRESENCE_TIMEOUT`] for the confirm.
     async fn publish_presence(&self, state: WorkerState, pool: &str) -> anyhow::Result<()> {
         let running = self
             .cancels
@@ -149,7 +150,12 @@ impl Shared {
         };
         // Stale after a few intervals: the next one supersedes it.
         let ttl = Duration::from_secs(self.settings.presence_secs.saturating_mul(4));
-        self.publisher.publish_worker_status(&status, ttl).await?;
+        tokio::time::timeout(
+            PRESENCE_TIMEOUT,
+            self.publisher.publish_worker_status(&status, ttl),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("no confirm within {PRESENCE_TIMEOUT:?}"))??;
         Ok(())
     }
 
@@ -272,15 +278,8 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     if let Err(err) = presence_task.await {
         error!(error = %err, "the presence task failed");
     }
-    match tokio::time::timeout(
-        PRESENCE_TIMEOUT,
-        shared.publish_presence(WorkerState::Stopping, &pool),
-    )
-    .await
-    {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => warn!(error = %err, "cannot tell the coordinator this worker stops"),
-        Err(_) => warn!("telling the coordinator this worker stops timed out"),
+    if let Err(err) = shared.publish_presence(WorkerState::Stopping, &pool).await {
+        warn!(error = %err, "cannot tell the coordinator this worker stops");
     }
     if let Err(err) = jobs.cancel().await {
         warn!(error = %err, "failed to cancel the job consumer");
@@ -337,26 +336,18 @@ async fn presence_loop(shared: Arc<Shared>, pool: String, stop: CancellationToke
         let published = tokio::select! {
             biased;
             () = stop.cancelled() => return,
-            published = tokio::time::timeout(
-                PRESENCE_TIMEOUT,
-                shared.publish_presence(WorkerState::Online, &pool),
-            ) => published,
+            published = shared.publish_presence(WorkerState::Online, &pool) => published,
         };
         match published {
-            Ok(Ok(())) if failing => {
+            Ok(()) if failing => {
                 info!("presence messages reach the broker again");
                 failing = false;
             }
-            Ok(Ok(())) => {}
-            Ok(Err(err)) if !failing => {
+            Err(err) if !failing => {
                 warn!(error = %err, "cannot publish this worker's presence; retrying");
                 failing = true;
             }
-            Err(_) if !failing => {
-                warn!("publishing this worker's presence timed out; retrying");
-                failing = true;
-            }
-            Ok(Err(_)) | Err(_) => {}
+            Ok(()) | Err(_) => {}
         }
     }
 }
