@@ -471,12 +471,22 @@ impl Stack {
             .unwrap_or_default()
     }
 
-    /// Writes a secret to a mode-600 file in the stack's folder; its path.
+    /// Writes a secret to a mode-600 file in the stack's folder; its path. The file is replaced
+    /// atomically (written beside it, then renamed): a service started earlier may be reading it
+    /// right now, and a plain rewrite would let it see the file truncated (empty).
     fn secret_file(&self, name: &str, value: &str) -> Result<PathBuf> {
-        use std::os::unix::fs::PermissionsExt;
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let path = self.dir.path().join(name);
-        std::fs::write(&path, value)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let staging = self.dir.path().join(format!(".{name}.{}", random_hex(8)));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&staging)?;
+        file.write_all(value.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&staging, &path)?;
         Ok(path)
     }
 
