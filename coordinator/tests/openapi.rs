@@ -355,8 +355,12 @@ fn report() -> Value {
         examples: vec![example("hi there", "greet", "x")],
         ..Default::default()
     };
+    // "yo" is an entity here and bare in the next example, which the next intent also lists:
+    // both kinds of conflict.
+    let mut bare = example("yo there", "bye", "x");
+    bare.entities.clear();
     let data = TrainingData {
-        examples: vec![example("yo there", "hello", "x")],
+        examples: vec![example("yo there", "hello", "x"), bare],
         ..Default::default()
     };
     let base = Manifest::for_data(
@@ -459,7 +463,21 @@ fn schemas_list_exactly_the_fields_the_wire_types_send() {
     let typed: SubmitResponse = serde_json::from_value(response.clone()).unwrap();
     assert_eq!(to_json(&typed).as_object().unwrap().len(), 2);
     check_schema(&spec, "SubmitResponse", &response, &["decision"]);
-    check_schema(&spec, "DecisionReport", &report, &all_but(&report, &[]));
+    check_schema(
+        &spec,
+        "DecisionReport",
+        &report,
+        &all_but(&report, &["conflicts"]),
+    );
+    let conflicts = &report["conflicts"];
+    check_schema(&spec, "DataConflicts", conflicts, &["entities", "intents"]);
+    let entity = &conflicts["entities"][0];
+    check_schema(&spec, "EntityConflict", entity, &["words", "labels"]);
+    for label in entity["labels"].as_array().unwrap() {
+        check_schema(&spec, "LabelUse", label, &["entity", "examples", "example"]);
+    }
+    let intent = &conflicts["intents"][0];
+    check_schema(&spec, "IntentConflict", intent, &["words", "intents"]);
     check_schema(&spec, "Totals", &report["examples"], &["old", "new"]);
     let diff = &report["diff"];
     check_schema(&spec, "LabelDiff", diff, &all_but(diff, &[]));

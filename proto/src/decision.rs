@@ -70,7 +70,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::TrainingData;
+use crate::data::{DataConflicts, TrainingData};
 use crate::ids::Version;
 use crate::job::Mode;
 use crate::manifest::{ArchSpec, LabelSet, Manifest};
@@ -602,6 +602,10 @@ pub struct DecisionReport {
     pub entity_mentions: Totals,
     /// The comparison with the base version; `None` when there is none.
     pub diff: Option<LabelDiff>,
+    /// Words the new data labels two ways. They never block fine-tuning, but a model learns
+    /// both answers, so they are worth fixing. Left out of the JSON when there are none.
+    #[serde(default, skip_serializing_if = "DataConflicts::is_empty")]
+    pub conflicts: DataConflicts,
 }
 
 /// Decides whether a job may fine-tune, must train from scratch, or is rejected (see the
@@ -685,6 +689,7 @@ pub fn decide(input: &DecisionInput<'_>) -> DecisionReport {
             new: data.entity_mentions() as u64,
         },
         diff,
+        conflicts: DataConflicts::find(data),
     }
 }
 
@@ -739,6 +744,13 @@ impl fmt::Display for DecisionReport {
     /// new vocabulary: 12 of 462 words (2.6%), e.g. "zelle", "venmo", ...
     /// ```
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_decision(f)?;
+        fmt_conflicts(&self.conflicts, f)
+    }
+}
+
+impl DecisionReport {
+    fn fmt_decision(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "decision: {} ({})", self.decision, self.headline())?;
         for reason in &self.reasons {
             // The headline already says that scratch was requested.
@@ -802,6 +814,91 @@ impl fmt::Display for DecisionReport {
                 Ok(())
             }
         }
+    }
+}
+
+/// Lines like:
+///
+/// ```text
+/// annotation conflicts (2 word sequences labelled two ways; a model learns both):
+///   "percy": PERSON in 1 example (e.g. "Pay Percy $50"), not annotated in 2 (e.g. "Percy please")
+///   "discover": credit_card in 2 (e.g. "pay my discover"), account_type in 1 (e.g. ...)
+/// intent conflicts (1 text under two or more intents):
+///   "yes please": affirm, inform
+/// ```
+fn fmt_conflicts(conflicts: &DataConflicts, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    const SHOWN: usize = 10;
+    let more = |f: &mut fmt::Formatter<'_>, n: usize| {
+        if n > SHOWN {
+            write!(
+                f,
+                "\n  ... and {} more (--output json lists them all)",
+                n - SHOWN
+            )
+        } else {
+            Ok(())
+        }
+    };
+    if !conflicts.entities.is_empty() {
+        let n = conflicts.entities.len();
+        write!(
+            f,
+            "\nannotation conflicts ({n} word sequence{} labelled two ways; a model learns both):",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for conflict in conflicts.entities.iter().take(SHOWN) {
+            write!(f, "\n  {:?}: ", conflict.words)?;
+            for (i, label) in conflict.labels.iter().enumerate() {
+                let sep = if i == 0 { "" } else { ", " };
+                let what = match &label.entity {
+                    Some(entity) => display_name(entity),
+                    None => "not annotated".to_owned(),
+                };
+                let examples = if i == 0 && label.examples == 1 {
+                    " example"
+                } else if i == 0 {
+                    " examples"
+                } else {
+                    ""
+                };
+                write!(
+                    f,
+                    "{sep}{what} in {}{examples} (e.g. {:?})",
+                    label.examples,
+                    shorten(&label.example)
+                )?;
+            }
+        }
+        more(f, n)?;
+    }
+    if !conflicts.intents.is_empty() {
+        let n = conflicts.intents.len();
+        write!(
+            f,
+            "\nintent conflicts ({n} text{} under two or more intents):",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for conflict in conflicts.intents.iter().take(SHOWN) {
+            write!(
+                f,
+                "\n  {:?}: {}",
+                conflict.words,
+                name_list(&conflict.intents)
+            )?;
+        }
+        more(f, n)?;
+    }
+    Ok(())
+}
+
+/// A text cut to 60 characters (`...` marks the cut), for one-line reports.
+fn shorten(text: &str) -> String {
+    const MAX: usize = 60;
+    if text.chars().count() <= MAX {
+        text.to_owned()
+    } else {
+        let cut: String = text.chars().take(MAX - 3).collect();
+        format!("{cut}...")
     }
 }
 

@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use chrono::{TimeZone, Utc};
-use refit_proto::data::{Entity, Format, TrainingData, load_file, load_files, parse_str};
+use refit_proto::data::{
+    Entity, Format, IntentConflict, TrainingData, load_file, load_files, parse_str,
+};
 use refit_proto::decision::{
     Decision, DecisionInput, DecisionReport, LabelCount, LabelKind, Policy, Reason, decide,
     word_tokens,
@@ -449,4 +451,89 @@ fn json_report_round_trips_with_stable_codes() {
     );
     assert_eq!(value["diff"], serde_json::Value::Null);
     assert_eq!(value["base_version"], serde_json::Value::Null);
+}
+
+/// Words labelled two ways are reported (human and JSON) and never block a fine-tune.
+/// financial-demo's set1 + set2 have real ones: `[first](account_type)` in "I should check my
+/// credit card balance first", names both annotated and bare, and one text under two intents.
+#[test]
+fn conflicting_labels_are_reported_and_never_block() {
+    let set1 = load("set1.yml");
+    let base = manifest_for(&set1, ArchSpec::default());
+    let merged = set1_and_set2();
+    let report = decide_auto(&base, &merged, &ArchSpec::default(), Policy::Reject);
+    assert_eq!(report.decision, Decision::Finetune);
+    assert!(report.reasons.is_empty());
+
+    let conflicts = &report.conflicts;
+    let first = conflicts
+        .entities
+        .iter()
+        .find(|c| c.words == "first")
+        .expect("`first` is annotated once and bare elsewhere");
+    let labels: Vec<(Option<&str>, usize)> = first
+        .labels
+        .iter()
+        .map(|l| (l.entity.as_deref(), l.examples))
+        .collect();
+    assert_eq!(labels, [(None, 2), (Some("account_type"), 1)]);
+    assert_eq!(
+        first.labels[1].example,
+        "I should check my credit card balance first"
+    );
+    let percy = conflicts.entities.iter().find(|c| c.words == "percy");
+    assert!(percy.is_some(), "{conflicts:?}");
+    assert_eq!(
+        conflicts.intents,
+        [IntentConflict {
+            words: "what places have i spent money".into(),
+            intents: strings(&["check_balance", "search_transactions"]),
+        }]
+    );
+
+    let human = report.human();
+    assert!(
+        human.contains(&format!(
+            "\nannotation conflicts ({} word sequences labelled two ways; a model learns both):\n",
+            conflicts.entities.len()
+        )),
+        "{human}"
+    );
+    assert!(
+        human.contains(
+            "\n  \"percy\": not annotated in 2 examples (e.g. \"Percy please\"), \
+             PERSON in 1 (e.g. \"Pay Percy $50\")\n"
+        ),
+        "{human}"
+    );
+    assert!(
+        human.ends_with(
+            "\nintent conflicts (1 text under two or more intents):\n  \
+             \"what places have i spent money\": check_balance, search_transactions"
+        ),
+        "{human}"
+    );
+
+    let json = report.to_json();
+    assert_eq!(DecisionReport::from_json(&json).unwrap(), report);
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        value["conflicts"]["intents"][0]["intents"],
+        serde_json::json!(["check_balance", "search_transactions"])
+    );
+
+    // Clean data: no conflicts, and the JSON leaves the field out (older readers see no change).
+    let clean = TrainingData {
+        examples: set1
+            .examples
+            .iter()
+            .filter(|e| e.intent == "greet")
+            .cloned()
+            .collect(),
+        ..Default::default()
+    };
+    let report = decide_auto(&base, &clean, &ArchSpec::default(), Policy::Scratch);
+    assert!(report.conflicts.is_empty());
+    let value: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert!(value.get("conflicts").is_none(), "{value}");
 }

@@ -1,5 +1,7 @@
 //! `refit check`: may a model be fine-tuned on this data? Prints the decision and the exact
-//! label-set diff (DESIGN §4), for people or as JSON, and says it in the exit code.
+//! label-set diff (DESIGN §4), for people or as JSON, and says it in the exit code. The report
+//! also lists the words the data labels two ways (`DataConflicts`), which never change the
+//! decision.
 //!
 //! Without a coordinator, the base model is described by the training data it was trained on
 //! (`--base`) or by a stored version's `manifest.json` (`--base-manifest`). With `--model NAME`
@@ -35,6 +37,10 @@ Examples:
   # ask the coordinator: may the model's latest version (or prod) be fine-tuned on this?
   refit check --model financial --data set1.yml set2.yml
   refit check --model financial --base-version prod --data nlu.yml --output json
+
+The report ends with the words the data labels two ways: the same words annotated as an entity
+in one example and bare (or another type) in another, and texts listed under two intents. They
+never change the decision, but a model learns both answers: fix them in the data.
 
 Exit codes: 0 fine-tune, 10 scratch, 11 reject, 14 coordinator unreachable, 15 token refused,
 1 error.")]

@@ -74,7 +74,8 @@ pub struct Cli {
 pub enum Command {
     /// Submit a training job: upload the data, print the decision and the job id.
     Submit(submit::SubmitArgs),
-    /// Decide whether a model may be fine-tuned on new training data, and show the label diff.
+    /// Decide whether a model may be fine-tuned on new training data; show the label diff and
+    /// the words the data labels two ways.
     Check(check::CheckArgs),
     /// List jobs, newest first.
     Jobs(jobs::JobsArgs),

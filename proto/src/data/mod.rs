@@ -5,6 +5,7 @@
 //! - `rasa_yaml`: Rasa YAML NLU (format 2.0 and 3.x)
 //! - `jsonl`: one JSON example per line
 //! - `annotation`: inline entity annotations (`[text](type)`, `[text]{...}`)
+//! - `conflicts`: words a dataset labels two ways ([`DataConflicts`])
 //!
 //! Entity offsets are **character** offsets (Unicode scalar values) into the de-annotated text,
 //! as Rasa and its JSON formats count them; [`Entity::slice`] turns them into a `&str`.
@@ -15,6 +16,7 @@
 //! counted in [`TrainingData::duplicates_dropped`] and logged.
 
 mod annotation;
+mod conflicts;
 mod jsonl;
 mod rasa_yaml;
 
@@ -26,6 +28,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use annotation::AnnotationError;
+pub use conflicts::{DataConflicts, EntityConflict, IntentConflict, LabelUse};
 
 /// One annotated training example.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
