@@ -52,6 +52,18 @@ impl From<VersionError> for SubmitError {
     }
 }
 
+/// Runs CPU-heavy work (parsing a dataset, the decision: seconds for a large one) on the blocking
+/// pool, so that the API's other requests are not held up; a panic in it goes on as a panic.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("the runtime stopped during a blocking task: {e}"),
+        },
+    }
+}
+
 /// What a submission was decided on.
 pub struct Evaluated {
     /// The model.
@@ -112,7 +124,9 @@ impl App {
             .await?;
         let format = Format::from_path(std::path::Path::new(&dataset.key))
             .ok_or_else(|| invalid("unknown dataset format"))?;
-        let data = parse_bytes(&bytes, &dataset.key, format)
+        let key = dataset.key.clone();
+        let data = blocking(move || parse_bytes(&bytes, &key, format))
+            .await
             .map_err(|e| SubmitError::Dataset(format!("dataset does not parse: {e}")))?;
         if data.is_empty() {
             return Err(SubmitError::Dataset(format!(
@@ -250,14 +264,18 @@ impl App {
             Some(manifest) => self.base_words(manifest).await,
             None => None,
         };
-        let report = decide(&DecisionInput {
-            mode,
-            policy,
-            base: base.as_ref(),
-            data: &data,
-            arch: &arch,
-            base_vocabulary: base_vocabulary.as_ref(),
-        });
+        let (report, base) = blocking(move || {
+            let report = decide(&DecisionInput {
+                mode,
+                policy,
+                base: base.as_ref(),
+                data: &data,
+                arch: &arch,
+                base_vocabulary: base_vocabulary.as_ref(),
+            });
+            (report, base)
+        })
+        .await;
         self.metrics.record_decision(&report);
         Ok(Evaluated {
             model,

@@ -59,11 +59,18 @@ pub struct IntentConflict {
 }
 
 impl DataConflicts {
-    /// Finds every conflict in `data` (see the module docs).
+    /// Finds every conflict in `data` (see the module docs). Linear in the data's words, plus,
+    /// per word, the annotated sequences that start with it.
     pub fn find(data: &TrainingData) -> Self {
+        let mut words = Words::default();
+        let tokens: Vec<Vec<Token>> = data
+            .examples
+            .iter()
+            .map(|example| labelled_words(example, &mut words))
+            .collect();
         Self {
-            entities: entity_conflicts(&data.examples),
-            intents: intent_conflicts(&data.examples),
+            entities: entity_conflicts(&data.examples, &tokens, &words),
+            intents: intent_conflicts(&data.examples, &tokens, &words),
         }
     }
 
@@ -73,12 +80,51 @@ impl DataConflicts {
     }
 }
 
-/// An example's words, each with the index of the entity it is inside, if any.
-fn labelled_words(example: &Example) -> Vec<(String, Option<usize>)> {
-    let mut words = Vec::new();
+/// Every distinct word once, by id.
+#[derive(Default)]
+struct Words {
+    ids: HashMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl Words {
+    fn id(&mut self, word: String) -> u32 {
+        if let Some(&id) = self.ids.get(&word) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(word.clone());
+        self.ids.insert(word, id);
+        id
+    }
+
+    fn join(&self, ids: &[u32]) -> String {
+        let names: Vec<&str> = ids
+            .iter()
+            .map(|&id| self.names[id as usize].as_str())
+            .collect();
+        names.join(" ")
+    }
+}
+
+/// A word of an example and the index of the entity it is inside, if any.
+#[derive(Clone, Copy)]
+struct Token {
+    word: u32,
+    entity: Option<usize>,
+}
+
+/// An example's words in order, each with the entity it is inside.
+fn labelled_words(example: &Example, words: &mut Words) -> Vec<Token> {
+    let mut tokens = Vec::new();
     let mut push = |start: usize, end: usize, entity: Option<usize>| {
         if let Some(text) = char_slice(&example.text, start, end) {
-            words.extend(word_tokens(text).into_iter().map(|w| (w, entity)));
+            for word in word_tokens(text) {
+                tokens.push(Token {
+                    word: words.id(word),
+                    entity,
+                });
+            }
         }
     };
     let mut at = 0;
@@ -90,98 +136,120 @@ fn labelled_words(example: &Example) -> Vec<(String, Option<usize>)> {
         at = at.max(entity.end);
     }
     push(at, example.text.chars().count(), None);
-    words
+    tokens
 }
 
-/// Per label (`None` = not annotated): examples and the first one's text.
-type Uses = BTreeMap<Option<String>, (usize, String)>;
+/// How often a sequence is labelled one way, and the first example that does.
+#[derive(Clone, Copy)]
+struct Use {
+    examples: usize,
+    first: usize,
+}
 
-fn entity_conflicts(examples: &[Example]) -> Vec<EntityConflict> {
-    let words: Vec<Vec<(String, Option<usize>)>> = examples.iter().map(labelled_words).collect();
+impl Use {
+    fn count(slot: &mut Option<Use>, example: usize) {
+        match slot {
+            Some(found) => found.examples += 1,
+            None => {
+                *slot = Some(Use {
+                    examples: 1,
+                    first: example,
+                })
+            }
+        }
+    }
+}
 
-    // Every annotated word sequence and the types it is annotated with.
-    let mut uses: HashMap<Vec<String>, Uses> = HashMap::new();
-    for (example, words) in examples.iter().zip(&words) {
+fn entity_conflicts(
+    examples: &[Example],
+    tokens: &[Vec<Token>],
+    words: &Words,
+) -> Vec<EntityConflict> {
+    // Every annotated word sequence, and per entity type how it is annotated.
+    let mut index: HashMap<Vec<u32>, usize> = HashMap::new();
+    let mut spans: Vec<Vec<u32>> = Vec::new();
+    let mut annotated: Vec<BTreeMap<&str, Use>> = Vec::new();
+    for (n, (example, tokens)) in examples.iter().zip(tokens).enumerate() {
         for (i, entity) in example.entities.iter().enumerate() {
-            let span: Vec<String> = words
+            let span: Vec<u32> = tokens
                 .iter()
-                .filter(|(_, e)| *e == Some(i))
-                .map(|(w, _)| w.clone())
+                .filter(|t| t.entity == Some(i))
+                .map(|t| t.word)
                 .collect();
             if span.is_empty() {
                 continue;
             }
-            let entry = uses
-                .entry(span)
-                .or_default()
-                .entry(Some(entity.entity.clone()))
-                .or_insert((0, example.text.clone()));
-            entry.0 += 1;
+            let k = *index.entry(span).or_insert_with_key(|span| {
+                spans.push(span.clone());
+                annotated.push(BTreeMap::new());
+                spans.len() - 1
+            });
+            let slot = annotated[k].entry(entity.entity.as_str()).or_insert(Use {
+                examples: 0,
+                first: n,
+            });
+            slot.examples += 1;
         }
     }
 
     // The same sequences where no word of them is annotated, found through their first word.
-    let mut by_first: HashMap<&str, Vec<&Vec<String>>> = HashMap::new();
-    for span in uses.keys() {
-        by_first.entry(span[0].as_str()).or_default().push(span);
+    let mut by_first: HashMap<u32, Vec<usize>> = HashMap::new();
+    for (k, span) in spans.iter().enumerate() {
+        by_first.entry(span[0]).or_default().push(k);
     }
-    let mut bare: HashMap<Vec<String>, (usize, String)> = HashMap::new();
-    for (example, words) in examples.iter().zip(&words) {
-        let mut seen_here: Vec<&Vec<String>> = Vec::new();
-        for start in 0..words.len() {
-            let Some(spans) = by_first.get(words[start].0.as_str()) else {
+    let mut bare: Vec<Option<Use>> = vec![None; spans.len()];
+    let mut seen_here: Vec<usize> = Vec::new();
+    for (n, tokens) in tokens.iter().enumerate() {
+        seen_here.clear();
+        for start in 0..tokens.len() {
+            let Some(candidates) = by_first.get(&tokens[start].word) else {
                 continue;
             };
-            for &span in spans {
-                let Some(window) = words.get(start..start + span.len()) else {
+            for &k in candidates {
+                let span = &spans[k];
+                let Some(window) = tokens.get(start..start + span.len()) else {
                     continue;
                 };
                 let matches = window
                     .iter()
                     .zip(span)
-                    .all(|((w, entity), s)| entity.is_none() && w == s);
-                if matches && !seen_here.contains(&span) {
-                    seen_here.push(span);
-                    let entry = bare
-                        .entry(span.clone())
-                        .or_insert((0, example.text.clone()));
-                    entry.0 += 1;
+                    .all(|(t, &w)| t.entity.is_none() && t.word == w);
+                if matches && !seen_here.contains(&k) {
+                    seen_here.push(k);
+                    Use::count(&mut bare[k], n);
                 }
             }
         }
     }
-    for (span, found) in bare {
-        if let Some(labels) = uses.get_mut(&span) {
-            labels.insert(None, found);
-        }
-    }
 
-    let mut conflicts: Vec<EntityConflict> = uses
-        .into_iter()
-        .filter(|(_, labels)| labels.len() > 1)
-        .map(|(span, labels)| {
-            let mut labels: Vec<LabelUse> = labels
-                .into_iter()
-                .map(|(entity, (examples, example))| LabelUse {
-                    entity,
-                    examples,
-                    example,
-                })
-                .collect();
-            // Most examples first; ties: annotated before not, then by name.
-            labels.sort_by(|a, b| {
-                (b.examples, a.entity.is_none(), &a.entity).cmp(&(
-                    a.examples,
-                    b.entity.is_none(),
-                    &b.entity,
-                ))
-            });
-            EntityConflict {
-                words: span.join(" "),
-                labels,
-            }
-        })
-        .collect();
+    let mut conflicts: Vec<EntityConflict> = Vec::new();
+    for (k, types) in annotated.iter().enumerate() {
+        if types.len() + usize::from(bare[k].is_some()) < 2 {
+            continue;
+        }
+        let label = |entity: Option<&str>, found: Use| LabelUse {
+            entity: entity.map(str::to_owned),
+            examples: found.examples,
+            example: examples[found.first].text.clone(),
+        };
+        let mut labels: Vec<LabelUse> = types
+            .iter()
+            .map(|(&entity, &found)| label(Some(entity), found))
+            .chain(bare[k].map(|found| label(None, found)))
+            .collect();
+        // Most examples first; ties: annotated before not, then by name.
+        labels.sort_by(|a, b| {
+            (b.examples, a.entity.is_none(), &a.entity).cmp(&(
+                a.examples,
+                b.entity.is_none(),
+                &b.entity,
+            ))
+        });
+        conflicts.push(EntityConflict {
+            words: words.join(&spans[k]),
+            labels,
+        });
+    }
     conflicts.sort_by(|a, b| total(b).cmp(&total(a)).then_with(|| a.words.cmp(&b.words)));
     conflicts
 }
@@ -190,26 +258,36 @@ fn total(conflict: &EntityConflict) -> usize {
     conflict.labels.iter().map(|l| l.examples).sum()
 }
 
-fn intent_conflicts(examples: &[Example]) -> Vec<IntentConflict> {
-    let mut intents: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for example in examples {
-        let words = word_tokens(&example.text).join(" ");
-        if words.is_empty() {
+fn intent_conflicts(
+    examples: &[Example],
+    tokens: &[Vec<Token>],
+    words: &Words,
+) -> Vec<IntentConflict> {
+    let mut intents: HashMap<Vec<u32>, Vec<&str>> = HashMap::new();
+    for (example, tokens) in examples.iter().zip(tokens) {
+        if tokens.is_empty() {
             continue;
         }
-        let listed = intents.entry(words).or_default();
-        if !listed.contains(&example.intent) {
-            listed.push(example.intent.clone());
+        let listed = intents
+            .entry(tokens.iter().map(|t| t.word).collect())
+            .or_default();
+        if !listed.contains(&example.intent.as_str()) {
+            listed.push(&example.intent);
         }
     }
-    intents
+    let mut conflicts: Vec<IntentConflict> = intents
         .into_iter()
         .filter(|(_, intents)| intents.len() > 1)
-        .map(|(words, mut intents)| {
-            intents.sort();
-            IntentConflict { words, intents }
+        .map(|(ids, mut intents)| {
+            intents.sort_unstable();
+            IntentConflict {
+                words: words.join(&ids),
+                intents: intents.into_iter().map(str::to_owned).collect(),
+            }
         })
-        .collect()
+        .collect();
+    conflicts.sort_by(|a, b| a.words.cmp(&b.words));
+    conflicts
 }
 
 #[cfg(test)]
