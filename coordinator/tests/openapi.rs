@@ -470,7 +470,12 @@ fn schemas_list_exactly_the_fields_the_wire_types_send() {
         &all_but(&report, &["conflicts"]),
     );
     let conflicts = &report["conflicts"];
-    check_schema(&spec, "DataConflicts", conflicts, &["entities", "intents"]);
+    check_schema(
+        &spec,
+        "DataConflicts",
+        conflicts,
+        &["entity_count", "entities", "intent_count", "intents"],
+    );
     let entity = &conflicts["entities"][0];
     check_schema(&spec, "EntityConflict", entity, &["words", "labels"]);
     for label in entity["labels"].as_array().unwrap() {

@@ -70,7 +70,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{DataConflicts, TrainingData};
+use crate::data::{DataConflicts, MAX_LISTED, TrainingData};
 use crate::ids::Version;
 use crate::job::Mode;
 use crate::manifest::{ArchSpec, LabelSet, Manifest};
@@ -832,15 +832,15 @@ fn fmt_conflicts(conflicts: &DataConflicts, f: &mut fmt::Formatter<'_>) -> fmt::
         if n > SHOWN {
             write!(
                 f,
-                "\n  ... and {} more (--output json lists them all)",
+                "\n  ... and {} more (--output json lists up to {MAX_LISTED})",
                 n - SHOWN
             )
         } else {
             Ok(())
         }
     };
-    if !conflicts.entities.is_empty() {
-        let n = conflicts.entities.len();
+    if conflicts.entity_count > 0 {
+        let n = conflicts.entity_count;
         write!(
             f,
             "\nannotation conflicts ({n} word sequence{} labelled two ways; a model learns both):",
@@ -871,8 +871,8 @@ fn fmt_conflicts(conflicts: &DataConflicts, f: &mut fmt::Formatter<'_>) -> fmt::
         }
         more(f, n)?;
     }
-    if !conflicts.intents.is_empty() {
-        let n = conflicts.intents.len();
+    if conflicts.intent_count > 0 {
+        let n = conflicts.intent_count;
         write!(
             f,
             "\nintent conflicts ({n} text{} under two or more intents):",

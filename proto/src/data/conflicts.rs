@@ -18,13 +18,25 @@ use serde::{Deserialize, Serialize};
 use super::{Example, TrainingData, char_slice};
 use crate::decision::word_tokens;
 
-/// Every conflict a dataset has, the most-used words first.
+/// The most conflicts of each kind a report lists (the report travels with every job, so a
+/// messy dataset must not make it huge); the counts say how many there are in all.
+pub const MAX_LISTED: usize = 100;
+
+/// A dataset's conflicts: how many of each kind, and up to [`MAX_LISTED`] of each, the
+/// most-used words first.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataConflicts {
-    /// Words annotated as an entity in some examples and labelled otherwise in others.
+    /// How many word sequences are annotated as an entity in some examples and labelled
+    /// otherwise in others.
+    #[serde(default)]
+    pub entity_count: usize,
+    /// The first [`MAX_LISTED`] of them, the most examples first.
     #[serde(default)]
     pub entities: Vec<EntityConflict>,
-    /// Words listed under more than one intent.
+    /// How many texts are listed under more than one intent.
+    #[serde(default)]
+    pub intent_count: usize,
+    /// The first [`MAX_LISTED`] of them, by their words.
     #[serde(default)]
     pub intents: Vec<IntentConflict>,
 }
@@ -68,15 +80,22 @@ impl DataConflicts {
             .iter()
             .map(|example| labelled_words(example, &mut words))
             .collect();
+        let mut entities = entity_conflicts(&data.examples, &tokens, &words);
+        let mut intents = intent_conflicts(&data.examples, &tokens, &words);
+        let (entity_count, intent_count) = (entities.len(), intents.len());
+        entities.truncate(MAX_LISTED);
+        intents.truncate(MAX_LISTED);
         Self {
-            entities: entity_conflicts(&data.examples, &tokens, &words),
-            intents: intent_conflicts(&data.examples, &tokens, &words),
+            entity_count,
+            entities,
+            intent_count,
+            intents,
         }
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.entities.is_empty() && self.intents.is_empty()
+        self.entity_count == 0 && self.intent_count == 0
     }
 }
 
@@ -420,6 +439,23 @@ nlu:
                 intents: vec!["affirm".into(), "inform".into()],
             }]
         );
+    }
+
+    #[test]
+    fn reports_list_at_most_max_listed_of_each_kind_and_count_them_all() {
+        let mut yaml = String::from("version: \"3.1\"\nnlu:\n- intent: a\n  examples: |\n");
+        for i in 0..MAX_LISTED + 5 {
+            yaml.push_str(&format!("    - pay [n{i}](PERSON)\n    - n{i}\n"));
+        }
+        yaml.push_str("- intent: b\n  examples: |\n");
+        for i in 0..MAX_LISTED + 5 {
+            yaml.push_str(&format!("    - n{i}\n"));
+        }
+        let conflicts = DataConflicts::find(&data(&yaml));
+        assert_eq!(conflicts.entity_count, MAX_LISTED + 5);
+        assert_eq!(conflicts.entities.len(), MAX_LISTED);
+        assert_eq!(conflicts.intent_count, MAX_LISTED + 5);
+        assert_eq!(conflicts.intents.len(), MAX_LISTED);
     }
 
     #[test]

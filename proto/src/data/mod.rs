@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use annotation::AnnotationError;
-pub use conflicts::{DataConflicts, EntityConflict, IntentConflict, LabelUse};
+pub use conflicts::{DataConflicts, EntityConflict, IntentConflict, LabelUse, MAX_LISTED};
 
 /// One annotated training example.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
