@@ -70,7 +70,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{DataConflicts, MAX_LISTED, TrainingData};
+use crate::data::{DataConflicts, EntityConflict, MAX_LISTED, TrainingData};
 use crate::ids::Version;
 use crate::job::Mode;
 use crate::manifest::{ArchSpec, LabelSet, Manifest};
@@ -827,68 +827,83 @@ impl DecisionReport {
 ///   "yes please": affirm, inform
 /// ```
 fn fmt_conflicts(conflicts: &DataConflicts, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let n = conflicts.entity_count;
+    fmt_section(
+        f,
+        &format!(
+            "annotation conflicts ({n} word sequence{} labelled two ways; a model learns both)",
+            plural(n)
+        ),
+        n,
+        conflicts.entities.iter().map(entity_conflict_line),
+    )?;
+    let n = conflicts.intent_count;
+    fmt_section(
+        f,
+        &format!(
+            "intent conflicts ({n} text{} under two or more intents)",
+            plural(n)
+        ),
+        n,
+        conflicts
+            .intents
+            .iter()
+            .map(|c| format!("{:?}: {}", c.words, name_list(&c.intents))),
+    )
+}
+
+/// `title:` and up to ten of `lines`, indented, then how many of `total` are not shown;
+/// nothing when `total` is 0.
+fn fmt_section(
+    f: &mut fmt::Formatter<'_>,
+    title: &str,
+    total: usize,
+    lines: impl Iterator<Item = String>,
+) -> fmt::Result {
     const SHOWN: usize = 10;
-    let more = |f: &mut fmt::Formatter<'_>, n: usize| {
-        if n > SHOWN {
-            write!(
-                f,
-                "\n  ... and {} more (--output json lists up to {MAX_LISTED})",
-                n - SHOWN
-            )
-        } else {
-            Ok(())
-        }
-    };
-    if conflicts.entity_count > 0 {
-        let n = conflicts.entity_count;
-        write!(
-            f,
-            "\nannotation conflicts ({n} word sequence{} labelled two ways; a model learns both):",
-            if n == 1 { "" } else { "s" }
-        )?;
-        for conflict in conflicts.entities.iter().take(SHOWN) {
-            write!(f, "\n  {:?}: ", conflict.words)?;
-            for (i, label) in conflict.labels.iter().enumerate() {
-                let sep = if i == 0 { "" } else { ", " };
-                let what = match &label.entity {
-                    Some(entity) => display_name(entity),
-                    None => "not annotated".to_owned(),
-                };
-                let examples = if i == 0 && label.examples == 1 {
-                    " example"
-                } else if i == 0 {
-                    " examples"
-                } else {
-                    ""
-                };
-                write!(
-                    f,
-                    "{sep}{what} in {}{examples} (e.g. {:?})",
-                    label.examples,
-                    shorten(&label.example)
-                )?;
-            }
-        }
-        more(f, n)?;
+    if total == 0 {
+        return Ok(());
     }
-    if conflicts.intent_count > 0 {
-        let n = conflicts.intent_count;
+    write!(f, "\n{title}:")?;
+    for line in lines.take(SHOWN) {
+        write!(f, "\n  {line}")?;
+    }
+    if total > SHOWN {
         write!(
             f,
-            "\nintent conflicts ({n} text{} under two or more intents):",
-            if n == 1 { "" } else { "s" }
+            "\n  ... and {} more (--output json lists up to {MAX_LISTED})",
+            total - SHOWN
         )?;
-        for conflict in conflicts.intents.iter().take(SHOWN) {
-            write!(
-                f,
-                "\n  {:?}: {}",
-                conflict.words,
-                name_list(&conflict.intents)
-            )?;
-        }
-        more(f, n)?;
     }
     Ok(())
+}
+
+/// `"percy": not annotated in 2 examples (e.g. "Percy please"), PERSON in 1 (e.g. "...")`.
+fn entity_conflict_line(conflict: &EntityConflict) -> String {
+    let labels: Vec<String> = conflict
+        .labels
+        .iter()
+        .enumerate()
+        .map(|(i, label)| {
+            let what = match &label.entity {
+                Some(entity) => display_name(entity),
+                None => "not annotated".to_owned(),
+            };
+            // Only the first count names its unit.
+            let unit = match (i, label.examples) {
+                (0, 1) => " example",
+                (0, _) => " examples",
+                _ => "",
+            };
+            format!(
+                "{what} in {}{unit} (e.g. {:?})",
+                label.examples,
+                shorten(&label.example)
+            )
+        })
+        .collect();
+    format!("{:?}: {}", conflict.words, labels.join(", "))
 }
 
 /// A text cut to 60 characters (`...` marks the cut), for one-line reports.

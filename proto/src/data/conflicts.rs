@@ -159,23 +159,18 @@ fn labelled_words(example: &Example, words: &mut Words) -> Vec<Token> {
 }
 
 /// How often a sequence is labelled one way, and the first example that does.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Use {
     examples: usize,
     first: usize,
 }
 
 impl Use {
-    fn count(slot: &mut Option<Use>, example: usize) {
-        match slot {
-            Some(found) => found.examples += 1,
-            None => {
-                *slot = Some(Use {
-                    examples: 1,
-                    first: example,
-                })
-            }
+    fn add(&mut self, example: usize) {
+        if self.examples == 0 {
+            self.first = example;
         }
+        self.examples += 1;
     }
 }
 
@@ -203,11 +198,10 @@ fn entity_conflicts(
                 annotated.push(BTreeMap::new());
                 spans.len() - 1
             });
-            let slot = annotated[k].entry(entity.entity.as_str()).or_insert(Use {
-                examples: 0,
-                first: n,
-            });
-            slot.examples += 1;
+            annotated[k]
+                .entry(entity.entity.as_str())
+                .or_default()
+                .add(n);
         }
     }
 
@@ -216,7 +210,7 @@ fn entity_conflicts(
     for (k, span) in spans.iter().enumerate() {
         by_first.entry(span[0]).or_default().push(k);
     }
-    let mut bare: Vec<Option<Use>> = vec![None; spans.len()];
+    let mut bare: Vec<Use> = vec![Use::default(); spans.len()];
     let mut seen_here: Vec<usize> = Vec::new();
     for (n, tokens) in tokens.iter().enumerate() {
         seen_here.clear();
@@ -235,7 +229,7 @@ fn entity_conflicts(
                     .all(|(t, &w)| t.entity.is_none() && t.word == w);
                 if matches && !seen_here.contains(&k) {
                     seen_here.push(k);
-                    Use::count(&mut bare[k], n);
+                    bare[k].add(n);
                 }
             }
         }
@@ -243,7 +237,8 @@ fn entity_conflicts(
 
     let mut conflicts: Vec<EntityConflict> = Vec::new();
     for (k, types) in annotated.iter().enumerate() {
-        if types.len() + usize::from(bare[k].is_some()) < 2 {
+        let bare = Some(bare[k]).filter(|found| found.examples > 0);
+        if types.len() + usize::from(bare.is_some()) < 2 {
             continue;
         }
         let label = |entity: Option<&str>, found: Use| LabelUse {
@@ -254,7 +249,7 @@ fn entity_conflicts(
         let mut labels: Vec<LabelUse> = types
             .iter()
             .map(|(&entity, &found)| label(Some(entity), found))
-            .chain(bare[k].map(|found| label(None, found)))
+            .chain(bare.map(|found| label(None, found)))
             .collect();
         // Most examples first; ties: annotated before not, then by name.
         labels.sort_by(|a, b| {
