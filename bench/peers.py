@@ -107,7 +107,11 @@ class Data:
         off = {k: o[k] for k, fine in UNIMPLEMENTED_AT.items() if k in o and o[k] != fine}
         if off:
             log(f"peers: WARNING: refit trains with options the peers do not implement: {off}")
-        unknown = sorted(set(o) - KNOWN_OPTIONS - set(UNIMPLEMENTED_AT))
+        # The peers train with one batch size throughout; bench_train exports a constant one.
+        if o.get("final_batch_size", BATCH) != BATCH:
+            log(f"peers: WARNING: refit grows its batch size from {BATCH} to "
+                f"{o['final_batch_size']}; the peers keep {BATCH}")
+        unknown = sorted(set(o) - KNOWN_OPTIONS - {"final_batch_size"} - set(UNIMPLEMENTED_AT))
         if unknown:
             log(f"peers: WARNING: refit trains with options the peers do not implement: "
                 f"{ {k: o[k] for k in unknown} }")

@@ -44,10 +44,15 @@ pub struct SubmitRequest {
     /// For a fine-tune: the fraction of the base version's epochs (default 0.3).
     #[serde(default)]
     pub epoch_fraction: Option<f64>,
-    /// Examples per optimiser step.
+    /// Examples per optimiser step (in the first epoch). Default 32; given without
+    /// `final_batch_size`, the batch size stays at it.
     #[serde(default)]
     pub batch_size: Option<u32>,
-    /// AdamW learning rate.
+    /// Examples per step in the last epoch: the batch size grows linearly from `batch_size`.
+    /// Default 128 when `batch_size` is not given either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_batch_size: Option<u32>,
+    /// AdamW learning rate. Default 0.003.
     #[serde(default)]
     pub learning_rate: Option<f64>,
     /// Seed for initialisation, shuffling and dropout.

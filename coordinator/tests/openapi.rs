@@ -450,6 +450,7 @@ fn schemas_list_exactly_the_fields_the_wire_types_send() {
         epochs: Some(1),
         epoch_fraction: Some(0.3),
         batch_size: Some(8),
+        final_batch_size: Some(32),
         learning_rate: Some(0.001),
         seed: Some(1),
         priority: Some(1),

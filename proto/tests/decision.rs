@@ -379,6 +379,7 @@ fn hyperparameter_changes_never_block() {
         Hyperparams {
             budget: Budget::EpochFraction(0.3),
             batch_size: 8,
+            final_batch_size: None,
             learning_rate: 0.05,
             seed: 7,
         },

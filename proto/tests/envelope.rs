@@ -38,6 +38,7 @@ fn sample_job() -> JobSpec {
         hyperparams: Hyperparams {
             budget: Budget::EpochFraction(0.3),
             batch_size: 64,
+            final_batch_size: None,
             learning_rate: 0.001,
             seed: 42,
         },
@@ -143,6 +144,11 @@ fn check_golden<M: Message + PartialEq + std::fmt::Debug>(name: &str, sample: &M
 #[test]
 fn golden_samples_still_decode() {
     check_golden("job", &sample_job());
+    // A job with a growing batch size (`final_batch_size`, added after `job` was written: that
+    // sample, without it, decodes to `None`).
+    let mut growing = sample_job();
+    growing.hyperparams.final_batch_size = Some(256);
+    check_golden("job_growing_batch", &growing);
     for (name, event) in sample_events() {
         check_golden(name, &event);
     }

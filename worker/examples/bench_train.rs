@@ -16,14 +16,14 @@
 //!   the unseen-word feature's id and the tokens whose word occurs once (the rare-word swaps), the
 //!   model's sizes, its dense parameters (names and shapes: the peers check that they know
 //!   them all) and the `TrainOptions` refit trains with (the defaults with intent label smoothing
-//!   off — see `options` — and `--set`), so
+//!   off and a constant batch size of 64 — see `options` — and `--set`), so
 //!   the Python peers (`bench/peers.py`) train the same network on the same inputs with the same
 //!   options, without re-implementing the featurizer. `--init` also writes the fresh model's
 //!   checkpoint (seed `--seed`), so a peer can start from refit's exact initial parameters
 //!   (`peers.py --init`, used to check that both compute the same thing).
 //! - `--set KEY=VALUE` (repeatable, `train` and `features`) overrides one of `TrainOptions`'
 //!   fields, e.g. `--set dropout=0 --set batch_size=1000` (diagnostics only; the benchmark uses
-//!   the defaults, label smoothing off).
+//!   the defaults with label smoothing off and a batch size of 64 throughout).
 //! - `jsonl` writes the parsed examples as JSONL (text, intent, entities with character offsets),
 //!   the input of `bench/synth_data.py`.
 use std::io::Write;
@@ -124,20 +124,27 @@ fn label(data: &[PathBuf]) -> String {
         .join(",")
 }
 
-/// `TrainOptions::default()` with intent label smoothing off, then the `--set` overrides (through
-/// serde, so this example does not name the engine's option fields) and `--threads`. Label
-/// smoothing only changes the intent targets fed to the step (not the step graph, so not the
-/// throughput), and ORT's training API has no smoothed cross-entropy: off, all five frameworks
-/// train the same loss.
+/// `TrainOptions::default()` with intent label smoothing off and a batch size of 64
+/// throughout, then the `--set` overrides (through serde, so this example does not name the
+/// engine's option fields) and `--threads`. Label smoothing only changes the intent targets fed
+/// to the step (not the step graph, so not the throughput), and ORT's training API has no
+/// smoothed cross-entropy: off, all five frameworks train the same loss. The peers keep one
+/// batch size, so refit does too (`final_batch_size` = `batch_size` unless `--set
+/// final_batch_size=N`; refit's own default grows 32 → 128): the benchmark compares the same
+/// steps, at the size it has always used.
 fn options(a: &Args) -> anyhow::Result<TrainOptions> {
     let defaults = TrainOptions {
         intent_label_smoothing: 0.0,
+        batch_size: 64,
         ..TrainOptions::default()
     };
     let mut value = serde_json::to_value(defaults)?;
     for (key, v) in &a.set {
         let v = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.clone()));
         value[key.as_str()] = v;
+    }
+    if !a.set.iter().any(|(key, _)| key == "final_batch_size") {
+        value["final_batch_size"] = value["batch_size"].clone();
     }
     let mut opts: TrainOptions = serde_json::from_value(value).context("--set")?;
     opts.runtime.intra_threads = a.threads;

@@ -3,7 +3,7 @@
 //!
 //! Knobs (environment): `SEED`; `THREADS` (`RuntimeOptions::intra_threads`: 1 trains without
 //! the batch-preparing thread, with the same result); `DROPOUT`, `FDROP` (feature dropout), `OOV` (rare-word swap rate),
-//! `TAGMASK` (tagger word mask), `LS` (intent label smoothing), `WD`, `BATCH`, `ENTW` (training options); `EMBED`, `HIDDEN`, `WINDOW`
+//! `TAGMASK` (tagger word mask), `LS` (intent label smoothing), `WD`, `BATCH`, `BATCH_FINAL`, `ENTW` (training options); `EMBED`, `HIDDEN`, `WINDOW`
 //! (architecture). Diagnostics: `SHOW_ERRORS=1` lists the test examples whose entities differ
 //! from the gold ones; `SHOW_TAGS="text|other text"` prints each token's three likeliest tags.
 use std::path::Path;
@@ -50,6 +50,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = env("BATCH") {
         opts.batch_size = v.parse()?;
+    }
+    if let Some(v) = env("BATCH_FINAL") {
+        opts.final_batch_size = v.parse()?;
     }
     let mut arch = ArchSpec::default();
     if let Some(v) = env("EMBED") {

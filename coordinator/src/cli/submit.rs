@@ -100,11 +100,17 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "F", value_parser = parse_fraction, conflicts_with = "epochs")]
     epoch_fraction: Option<f64>,
 
-    /// Examples per optimiser step.
+    /// Examples per optimiser step in the first epoch [default: 32]; given alone, it is kept for
+    /// the whole run.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     batch_size: Option<u32>,
 
-    /// AdamW learning rate.
+    /// Examples per step in the last epoch: the batch size grows linearly from --batch-size over
+    /// the run, as DIET does [default: 128 when --batch-size is not given either].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    final_batch_size: Option<u32>,
+
+    /// AdamW learning rate [default: 0.003].
     #[arg(long, value_name = "F", value_parser = parse_learning_rate)]
     learning_rate: Option<f64>,
 
@@ -189,6 +195,7 @@ pub(super) fn run(args: SubmitArgs) -> Result<ExitCode> {
         epochs: args.epochs,
         epoch_fraction: args.epoch_fraction,
         batch_size: args.batch_size,
+        final_batch_size: args.final_batch_size,
         learning_rate: args.learning_rate,
         seed: args.seed,
         priority: args.priority,

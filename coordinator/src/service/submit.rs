@@ -80,6 +80,16 @@ pub struct Evaluated {
     pub eval_dataset: Option<DatasetRef>,
 }
 
+/// The job's last-epoch batch size: the request's; none (a constant batch size) when the
+/// request names only `batch_size`, as asked; else the default schedule's.
+fn final_batch_size(request: &SubmitRequest, defaults: &Hyperparams) -> Option<u32> {
+    match (request.batch_size, request.final_batch_size) {
+        (_, Some(last)) => Some(last),
+        (Some(_), None) => None,
+        (None, None) => defaults.final_batch_size,
+    }
+}
+
 fn invalid(message: impl Into<String>) -> SubmitError {
     SubmitError::Invalid(message.into())
 }
@@ -216,8 +226,13 @@ impl App {
         {
             return Err(invalid("epoch_fraction must be above 0 and at most 1"));
         }
-        if request.epochs == Some(0) || request.batch_size == Some(0) {
-            return Err(invalid("epochs and batch_size must be at least 1"));
+        if request.epochs == Some(0)
+            || request.batch_size == Some(0)
+            || request.final_batch_size == Some(0)
+        {
+            return Err(invalid(
+                "epochs, batch_size and final_batch_size must be at least 1",
+            ));
         }
         if let Some(lr) = request.learning_rate
             && !(lr > 0.0 && lr.is_finite())
@@ -325,6 +340,7 @@ impl App {
             hyperparams: Hyperparams {
                 budget,
                 batch_size: request.batch_size.unwrap_or(defaults.batch_size),
+                final_batch_size: final_batch_size(request, &defaults),
                 learning_rate: request.learning_rate.unwrap_or(defaults.learning_rate),
                 seed: request.seed.unwrap_or(defaults.seed),
             },
@@ -359,5 +375,30 @@ impl App {
         crate::service::fault::maybe_exit_after_store();
         self.outbox_wake.notify_one();
         Ok((stored, report))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_size_given_alone_is_kept_for_the_whole_run() {
+        let defaults = Hyperparams::default();
+        let ask = |batch_size, final_batch_size| SubmitRequest {
+            batch_size,
+            final_batch_size,
+            ..SubmitRequest::default()
+        };
+        assert_eq!(
+            final_batch_size(&ask(None, None), &defaults),
+            defaults.final_batch_size
+        );
+        assert_eq!(final_batch_size(&ask(Some(16), None), &defaults), None);
+        assert_eq!(
+            final_batch_size(&ask(Some(16), Some(64)), &defaults),
+            Some(64)
+        );
+        assert_eq!(final_batch_size(&ask(None, Some(64)), &defaults), Some(64));
     }
 }

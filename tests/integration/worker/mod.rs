@@ -195,6 +195,7 @@ impl Cluster {
             hyperparams: Hyperparams {
                 budget,
                 batch_size: 32,
+                final_batch_size: None,
                 learning_rate: 3e-3,
                 seed: 7,
             },

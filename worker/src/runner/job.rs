@@ -552,10 +552,8 @@ impl Job<'_> {
             settings.resume_every_secs,
         );
         let opts = TrainOptions {
-            batch_size: self.job.hyperparams.batch_size.max(1) as usize,
-            learning_rate: self.job.hyperparams.learning_rate as f32,
             runtime: self.shared.runtime.clone(),
-            ..TrainOptions::default()
+            ..TrainOptions::for_job(&self.job.hyperparams)
         };
         let handle = tokio::task::spawn_blocking(move || {
             let mut observer = observer;
