@@ -87,13 +87,13 @@ impl Default for TrainOptions {
 impl TrainOptions {
     /// The options a job's hyperparameters ask for: its batch sizes and learning rate, the
     /// defaults for the rest. A job without `final_batch_size` keeps `batch_size` throughout.
+    /// (A batch size of 0 trains as 1: the run's `BatchSchedule` clamps both ends.)
     pub fn for_job(hyperparams: &Hyperparams) -> Self {
-        let batch_size = hyperparams.batch_size.max(1) as usize;
         Self {
-            batch_size,
+            batch_size: hyperparams.batch_size as usize,
             final_batch_size: hyperparams
                 .final_batch_size
-                .map_or(batch_size, |last| last.max(1) as usize),
+                .unwrap_or(hyperparams.batch_size) as usize,
             learning_rate: hyperparams.learning_rate as f32,
             ..Self::default()
         }
@@ -439,8 +439,8 @@ struct Prepared {
 
 /// The batch size of each epoch of a run: linear from [`TrainOptions::batch_size`] in epoch 0
 /// to [`TrainOptions::final_batch_size`] in the run's last epoch (whole steps, rounded toward
-/// `batch_size`). It depends on
-/// the run's length only, so a run resumed from a checkpoint makes the same batches.
+/// `batch_size`; both ends at least 1). It depends on the run's length only, so a run resumed
+/// from a checkpoint makes the same batches.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct BatchSchedule {
     first: usize,
@@ -458,14 +458,14 @@ impl BatchSchedule {
     }
 
     fn size(&self, epoch: u32) -> usize {
-        if self.epochs <= 1 || self.first == self.last {
+        if self.epochs <= 1 {
             return self.first;
         }
-        // Exact integer steps (a float could land a hair under a whole number).
+        // Exact integer steps (a float could land a hair under a whole number); the division
+        // truncates toward zero, so the size stays between the two ends.
         let (first, last) = (self.first as i64, self.last as i64);
         let epoch = i64::from(epoch.min(self.epochs - 1));
-        let size = first + (last - first) * epoch / i64::from(self.epochs - 1);
-        size.max(1) as usize
+        (first + (last - first) * epoch / i64::from(self.epochs - 1)) as usize
     }
 }
 
