@@ -21,7 +21,7 @@ band="${BAND:-0.02}"
 refit="${REFIT:-target/release/refit}"
 if [ ! -x "$refit" ]; then
     echo "demo-seeds: building $refit" >&2
-    cargo build --release -p refit-coordinator --bin refit >&2
+    cargo build --release -p refit-cli --bin refit >&2
 fi
 deploy/onnxruntime.sh > /dev/null
 

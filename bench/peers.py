@@ -4,7 +4,7 @@
 Input: the featurized dataset that `bench_train features` writes (per example the feature ids of
 each token, the intent index and the BILOU tags, plus the `TrainOptions` refit trains with and its
 dense parameters' names), so the peers see exactly the inputs refit's trainer sees. The network, loss, optimiser and batching
-reproduce worker/src/engine/model.rs, batch.rs and trainer.rs:
+reproduce worker/engine/src/model.rs, batch.rs and trainer.rs:
 
   per epoch: each token whose word occurs once in the data gets the unseen-word feature in
              place of its word feature with probability rare_word_oov

@@ -9,7 +9,7 @@
 #    a stamp holds the requirements' hash; the first install downloads ~3.3 GB, mostly torch's
 #    CUDA libraries, and takes a few minutes);
 # 2. installs ONNX Runtime's shared library for refit (deploy/onnxruntime.sh, idempotent);
-# 3. builds refit in release (cargo build --release -p refit-worker --example bench_train);
+# 3. builds refit in release (cargo build --release -p refit-engine --example bench_train);
 # 4. exports the data: financial-demo set1+set2 as JSONL, the synthetic set from it
 #    (bench/synth_data.py), and both featurized as refit's trainer sees them (bench_train features);
 # 5. trains refit (bench_train train) and the peers (bench/peers.py) on both (bench/measure.py):
@@ -64,7 +64,7 @@ export ORT_DYLIB_PATH
 
 # --- 3. refit, release build
 say "building refit (release)"
-cargo build --release --quiet -p refit-worker --example bench_train
+cargo build --release --quiet -p refit-engine --example bench_train
 bin="$repo/target/release/examples/bench_train"
 
 # --- 4. data

@@ -23,7 +23,7 @@ python="${PYTHON:-python3}"
 ort_version="${REFIT_ORT_VERSION:-1.32.0}"
 
 # Pinned so every machine checks against the same onnx.checker and runtime. onnx 1.23 knows
-# IR version 9 / opset 19, the ones refit writes (worker/src/engine/onnx.rs), and later ones.
+# IR version 9 / opset 19, the ones refit writes (worker/engine/src/onnx/), and later ones.
 # playwright 1.65.2 drives Debian's chromium package (tools/dashboard_check.py).
 requirements="onnx==1.23.2
 onnxruntime==$ort_version

@@ -7,7 +7,7 @@ For each file: loads it, runs onnx.checker.check_model(model, full_check=True) (
 operator schemas, and strict shape inference), and prints "ok <path>" or "FAIL <path>: <error>".
 With --canonical it also requires the file's bytes to equal what the reference protobuf
 implementation writes for the same model after dropping unknown fields: that proves every field
-was written with onnx.proto's field number, wire type and packing (worker/src/engine/onnx/proto.rs).
+was written with onnx.proto's field number, wire type and packing (worker/engine/src/onnx/proto.rs).
 
 Exits 0 when every file passes, 1 when any fails, 2 on a usage error or when `onnx` is missing.
 Run it with the venv of deploy/python-peers.sh: .venv/bin/python tools/onnx_check.py ...

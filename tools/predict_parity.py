@@ -4,7 +4,7 @@ with refit's own.
 
     python tools/predict_parity.py MODEL.onnx CASES.json [--tolerance 1e-5]
 
-CASES.json (written by worker/tests/engine.rs) is a list of
+CASES.json (written by worker/engine/tests/engine.rs) is a list of
 {"inputs": {name: {"shape": [...], "dtype": "f32"|"i64", "data": [...]}},
  "intent_probs": [...]}; each case is one batch of the model's inputs and what refit computed.
 Prints the largest absolute difference; exits 0 when every probability is within the tolerance,

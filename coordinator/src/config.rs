@@ -9,10 +9,10 @@
 //! token_file = "/run/secrets/refit-token"
 //! database = "/var/lib/refit/coordinator.db"
 //!
-//! [queue]            # refit_worker::queue::QueueConfig, shared with the workers
+//! [queue]            # refit_io::queue::QueueConfig, shared with the workers
 //! url = "amqp://refit@rabbitmq:5672/%2f"
 //!
-//! [s3]               # refit_worker::storage::S3Config, shared with the workers
+//! [s3]               # refit_io::storage::S3Config, shared with the workers
 //! endpoint = "http://garage:3900"
 //! region = "garage"
 //!
@@ -33,11 +33,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use refit_io::Secret;
+use refit_io::config::{env_layer, read_layers};
+use refit_io::queue::QueueConfig;
+use refit_io::storage::{S3Config, validate_key};
 use refit_proto::decision::Policy;
 use refit_proto::{ModelName, keys};
-use refit_worker::config::{env_layer, read_layers};
-use refit_worker::queue::QueueConfig;
-use refit_worker::storage::{S3Config, Secret, validate_key};
 use serde::Deserialize;
 
 /// Why a config cannot be used.

@@ -7,13 +7,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use chrono::Utc;
-use refit_coordinator::wire::{
+use refit_proto::data::{Entity, Example, TrainingData};
+use refit_proto::decision::{DecisionInput, Policy, decide};
+use refit_proto::wire::{
     AliasRequest, AliasView, DatasetBody, DecisionSummary, ErrorBody, ErrorDetail, EventView,
     JobList, JobState, JobView, ModelList, ModelView, Overview, ProgressView, QueueView,
     SubmitRequest, SubmitResponse, VersionList, VersionView, WorkerView,
 };
-use refit_proto::data::{Entity, Example, TrainingData};
-use refit_proto::decision::{DecisionInput, Policy, decide};
 use refit_proto::{ArchSpec, Manifest, Metrics, Mode, ModelName, Version};
 use serde_json::{Value, json};
 use yaml_rust2::{Yaml, YamlLoader};

@@ -21,7 +21,7 @@
 #   worker-<n>.log/.pid   each worker's output and process id
 #
 # Steps: deploy/rabbitmq.sh, deploy/s3-server.sh (builds Garage the first time: 10-17 minutes),
-# deploy/onnxruntime.sh, `cargo build --release -p refit-coordinator -p refit-worker --bins`,
+# deploy/onnxruntime.sh, `cargo build --release -p refit-coordinator -p refit-worker -p refit-cli --bins`,
 # then the processes. Secrets (the S3 secret key, the AMQP password) reach the processes through
 # their environment and are never printed; the API token is read from its file.
 #
@@ -140,14 +140,14 @@ export ORT_DYLIB_PATH
 # ---- binaries -------------------------------------------------------------------------------
 
 if ((build)); then
-  say "building refit-coordinator and refit-worker ($profile; several minutes the first time)"
-  (cd "$repo" && cargo build "${build_flags[@]}" -p refit-coordinator -p refit-worker --bins >&2) ||
+  say "building refit-coordinator, refit-worker and refit ($profile; several minutes the first time)"
+  (cd "$repo" && cargo build "${build_flags[@]}" -p refit-coordinator -p refit-worker -p refit-cli --bins >&2) ||
     die "cargo build failed (see above)"
 fi
 coordinator_bin="$bin_dir/refit-coordinator"
 worker_bin="$bin_dir/refit-worker"
 for bin in "$coordinator_bin" "$worker_bin"; do
-  [[ -x "$bin" ]] || die "$bin is missing: run without --no-build (or build it with cargo build ${build_flags[*]} -p refit-coordinator -p refit-worker --bins)"
+  [[ -x "$bin" ]] || die "$bin is missing: run without --no-build (or build it with cargo build ${build_flags[*]} -p refit-coordinator -p refit-worker -p refit-cli --bins)"
 done
 
 # ---- token and config -----------------------------------------------------------------------

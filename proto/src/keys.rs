@@ -8,6 +8,8 @@
 //! jobs/<job id>/resume/<file>
 //! ```
 
+use sha2::{Digest, Sha256};
+
 use crate::ids::{Alias, JobId, ModelName, Version};
 
 /// The manifest's file name; written last, it marks a version complete.
@@ -18,6 +20,9 @@ pub const CHECKPOINT: &str = "checkpoint.safetensors";
 pub const MODEL_ONNX: &str = "model.onnx";
 /// The vocabulary's file name.
 pub const VOCAB: &str = "vocab.json";
+
+/// `models/`: every stored model.
+pub const MODELS_PREFIX: &str = "models/";
 
 /// The file extensions a dataset may be stored with.
 pub const DATASET_EXTENSIONS: &[&str] = &["yml", "yaml", "jsonl", "json"];
@@ -43,6 +48,12 @@ pub fn is_sha256_hex(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// The sha256 of `data`, lowercase hex: how datasets are addressed and how a manifest names
+/// each file's content.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
 /// `datasets/sha256/<hex>.<ext>`.
 pub fn dataset(sha256_hex: &str, ext: &str) -> Result<String, KeyError> {
     if !is_sha256_hex(sha256_hex) {
@@ -56,7 +67,7 @@ pub fn dataset(sha256_hex: &str, ext: &str) -> Result<String, KeyError> {
 
 /// `models/<name>/`: everything stored for a model.
 pub fn model_prefix(model: &ModelName) -> String {
-    format!("models/{model}/")
+    format!("{MODELS_PREFIX}{model}/")
 }
 
 /// `models/<name>/v<NNNNNN>/`: one version's folder.
@@ -75,9 +86,14 @@ pub fn manifest(model: &ModelName, version: Version) -> String {
     format!("{}{MANIFEST}", version_prefix(model, version))
 }
 
+/// `models/<name>/aliases/`: a model's aliases.
+pub fn aliases_prefix(model: &ModelName) -> String {
+    format!("models/{model}/aliases/")
+}
+
 /// `models/<name>/aliases/<alias>`.
 pub fn alias(model: &ModelName, alias: &Alias) -> String {
-    format!("models/{model}/aliases/{alias}")
+    format!("{}{alias}", aliases_prefix(model))
 }
 
 /// `jobs/<job id>/resume/`: an in-flight job's resume checkpoint.
@@ -102,6 +118,13 @@ pub fn version_of_key(model: &ModelName, key: &str) -> Option<Version> {
     segment.parse().ok()
 }
 
+/// The model a key under `models/` belongs to, e.g. `models/fin/v000003/manifest.json` → `fin`.
+/// `None` for other keys and for folder names that are not valid model names.
+pub fn model_of_key(key: &str) -> Option<ModelName> {
+    let name = key.strip_prefix(MODELS_PREFIX)?.split('/').next()?;
+    ModelName::new(name).ok()
+}
+
 fn check_file_name(file: &str) -> Result<(), KeyError> {
     let ok = !file.is_empty()
         && file.len() <= 128
@@ -122,6 +145,25 @@ mod tests {
 
     fn fin() -> ModelName {
         ModelName::new("financial").unwrap()
+    }
+
+    #[test]
+    fn models_are_found_from_their_keys() {
+        assert_eq!(
+            model_of_key("models/financial/v000003/manifest.json"),
+            Some(fin())
+        );
+        assert_eq!(model_of_key("models/financial/aliases/prod"), Some(fin()));
+        assert_eq!(model_of_key("models/../x"), None);
+        assert_eq!(model_of_key("datasets/sha256/ab.yml"), None);
+        assert_eq!(
+            aliases_prefix(&fin()),
+            "models/financial/aliases/".to_owned()
+        );
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

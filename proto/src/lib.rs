@@ -1,7 +1,8 @@
 //! # refit-proto
 //!
-//! The contract every refit process shares. It has no async runtime, broker, storage or ONNX
-//! Runtime dependency, so the coordinator, the workers and the CLI can all link it.
+//! The contract every refit process shares, at the bottom of the workspace: every other crate
+//! depends on it, and it depends on none of them. It has no async runtime, broker, storage or
+//! ONNX Runtime dependency, so the coordinator, the workers and the CLI can all link it.
 //!
 //! ## Layout
 //! - [`ids`]: ID newtypes ([`JobId`], [`WorkerId`], [`ModelName`], [`Version`], [`Alias`]),
@@ -10,9 +11,12 @@
 //! - [`event`]: worker events ([`Event`]) and control messages ([`Control`])
 //! - [`envelope`]: the versioned msgpack envelope and its typed [`DecodeError`]
 //! - [`manifest`]: a stored version's [`Manifest`], its [`LabelSet`] and architecture fingerprint
-//! - [`keys`]: the object-store key layout
+//! - [`keys`]: the object-store key layout and content addressing ([`keys::sha256_hex`])
 //! - [`data`]: training data (Rasa YAML NLU, JSONL) parsing
+//! - [`tokens`]: the one tokenizer (word tokens with their character spans)
+//! - [`vocab`]: feature keys, the append-only [`vocab::Vocabulary`] and `vocab.json`
 //! - [`decision`]: the label-set diff and the fine-tune decision
+//! - [`wire`]: the coordinator's HTTP API bodies, shared by the service, the CLI and the dashboard
 #![warn(missing_docs)]
 
 pub mod data;
@@ -23,6 +27,9 @@ pub mod ids;
 pub mod job;
 pub mod keys;
 pub mod manifest;
+pub mod tokens;
+pub mod vocab;
+pub mod wire;
 
 pub use envelope::{DecodeError, Message, decode, encode};
 pub use event::{Control, ErrorKind, Event, EventKind, WorkerState, WorkerStatus};

@@ -336,9 +336,54 @@ impl Manifest {
     }
 }
 
+/// A version ready to be stored: its files, and the manifest that lists them. The registry
+/// writes the files first and the manifest last, so a reader that finds the manifest finds every
+/// file it names.
+#[derive(Clone, Debug)]
+pub struct VersionFiles {
+    /// The manifest; its `files` lists each of [`VersionFiles::files`] with its sha256 and size.
+    pub manifest: Manifest,
+    /// `(file name, bytes)` of every file but the manifest.
+    pub files: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl VersionFiles {
+    /// The version's files, with `manifest.files` set to their sha256 and size (what it held
+    /// before is replaced).
+    pub fn new(mut manifest: Manifest, files: Vec<(&'static str, Vec<u8>)>) -> Self {
+        manifest.files = files
+            .iter()
+            .map(|(name, bytes)| {
+                let entry = FileEntry {
+                    sha256: crate::keys::sha256_hex(bytes),
+                    size: bytes.len() as u64,
+                };
+                ((*name).to_owned(), entry)
+            })
+            .collect();
+        Self { manifest, files }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_files_list_every_file_with_its_checksum() {
+        let data = TrainingData::default();
+        let manifest = Manifest::for_data(
+            ModelName::new("m").unwrap(),
+            Version::first(),
+            &data,
+            ArchSpec::default(),
+        );
+        let files = VersionFiles::new(manifest, vec![("a.bin", b"abc".to_vec())]);
+        assert_eq!(files.manifest.files.len(), 1);
+        let entry = &files.manifest.files["a.bin"];
+        assert_eq!(entry.size, 3);
+        assert_eq!(entry.sha256, crate::keys::sha256_hex(b"abc"));
+    }
 
     #[test]
     fn the_default_fingerprint_never_moves() {

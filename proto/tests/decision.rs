@@ -10,8 +10,8 @@ use refit_proto::data::{
 };
 use refit_proto::decision::{
     Decision, DecisionInput, DecisionReport, LabelCount, LabelKind, Policy, Reason, decide,
-    word_tokens,
 };
+use refit_proto::tokens::word_tokens;
 use refit_proto::{ArchSpec, Budget, Hyperparams, Manifest, Mode, ModelName, Version};
 
 const DATA: &str = concat!(

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, bail};
 use chrono::Utc;
 use lapin::options::{
     BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions,
@@ -16,22 +16,17 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use refit_io::queue::{Broker, Consumer, Delivery, Publisher, QueueConfig, QueueError};
 use refit_proto::{
     Control, DatasetRef, Event, EventKind, Hyperparams, JobId, JobSpec, Message, Mode, ModelName,
     Version, WorkerId, WorkerState, WorkerStatus,
 };
-use refit_worker::queue::{Broker, Consumer, Delivery, Publisher, QueueConfig, QueueError};
 
-use crate::common::{env_or, unique};
-
-const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+use crate::common::wait::{Waiting, done_if, wait_until};
+use crate::common::{amqp_url, connect_broker, unique};
 
 /// How long a test waits for something that should happen at once.
 const WAIT: Duration = Duration::from_secs(10);
-
-fn amqp_url() -> String {
-    env_or("REFIT_TEST_AMQP_URL", DEFAULT_AMQP_URL)
-}
 
 /// A config with this test's own prefix.
 fn test_config() -> QueueConfig {
@@ -49,9 +44,7 @@ struct TestBroker {
 impl TestBroker {
     /// Connects, or fails saying how to start RabbitMQ.
     async fn start(config: QueueConfig) -> Result<Self> {
-        let broker = Broker::connect(&config).await.map_err(|error| {
-            anyhow!("{error}\n(tests use REFIT_TEST_AMQP_URL, default {DEFAULT_AMQP_URL})")
-        })?;
+        let broker = connect_broker(&config).await?;
         Ok(Self {
             broker,
             config,
@@ -92,19 +85,16 @@ impl TestBroker {
     /// Gets one message from a queue (polling until `WAIT`), acked.
     async fn get(&self, queue: &str) -> Result<lapin::message::Delivery> {
         let channel = self.broker.channel().await?;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        wait_until(&format!("a message in {queue}"), WAIT, async || {
             let got = channel
                 .basic_get(queue.into(), BasicGetOptions { no_ack: true })
                 .await?;
-            if let Some(message) = got {
-                return Ok(message.delivery);
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("no message in {queue} within {WAIT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Ok(match got {
+                Some(message) => Waiting::Done(message.delivery),
+                None => Waiting::NotYet("the queue is empty".to_owned()),
+            })
+        })
+        .await
     }
 }
 
@@ -206,18 +196,13 @@ async fn receive<M: Message + PartialEq + std::fmt::Debug>(
 
 /// Waits until `queue` has no consumer, then returns its ready-message count.
 async fn ready_once_idle(test: &TestBroker, queue: &str) -> Result<u32> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    wait_until(&format!("{queue} to have no consumer"), WAIT, async || {
         let (messages, consumers) = test.counts(queue).await?;
-        if consumers == 0 {
-            return Ok(messages);
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{queue} still has {consumers} consumer(s)"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Ok(done_if(consumers == 0, messages, || {
+            format!("{consumers} consumer(s)")
+        }))
+    })
+    .await
 }
 
 #[tokio::test]
@@ -252,7 +237,7 @@ async fn declaring_is_idempotent_and_conflicting_arguments_are_permanent() -> Re
 
     let mut other = test.config.clone();
     other.delivery_limit += 1;
-    let other = refit_worker::queue::Topology::new(&other);
+    let other = refit_io::queue::Topology::new(&other);
     let error = other
         .declare(&test.broker.channel().await?)
         .await
@@ -563,19 +548,13 @@ async fn wait_for_new_connection(
     broker: &Broker,
     old: &Arc<Connection>,
 ) -> Result<Arc<Connection>> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    wait_until("a new connection", WAIT, async || {
         // `connection()` itself waits while the broker reconnects.
         let current = broker.connection().await?;
-        if !Arc::ptr_eq(&current, old) {
-            return Ok(current);
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "no new connection within {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        let new = !Arc::ptr_eq(&current, old);
+        Ok(done_if(new, current, || "the old one".to_owned()))
+    })
+    .await
 }
 
 /// A job published now arrives at the consumer (which may have to resubscribe first).
@@ -592,14 +571,12 @@ async fn check_round_trip(publisher: &Publisher, consumer: &mut Consumer) -> Res
 /// Publishes, retrying transient errors for a while (the first publish after a drop may find the
 /// old channel dead).
 async fn publish_retrying(publisher: &Publisher, job: &JobSpec) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    wait_until("a publish to go through", WAIT, async || {
         match publisher.publish_job(job).await {
-            Ok(()) => return Ok(()),
-            Err(error) if error.is_transient() && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(error) => return Err(error.into()),
+            Ok(()) => Ok(Waiting::Done(())),
+            Err(error) if error.is_transient() => Ok(Waiting::NotYet(error.to_string())),
+            Err(error) => Err(error.into()),
         }
-    }
+    })
+    .await
 }

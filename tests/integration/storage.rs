@@ -17,9 +17,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use rand::{RngCore, SeedableRng};
-use refit_worker::storage::{
-    ObjectStore, S3Config, S3Store, StorageError, StorageErrorKind, sha256_hex,
-};
+use refit_io::storage::{ObjectStore, S3Config, S3Store, StorageError, StorageErrorKind};
+use refit_proto::keys::sha256_hex;
 
 use crate::common::{env_or, unique};
 
@@ -440,7 +439,7 @@ async fn server_that_never_answers_is_a_transient_timeout() -> Result<()> {
 async fn wrong_credentials_are_permission_denied_and_stay_secret() -> Result<()> {
     let mut config = config()?;
     let real_id = config.access_key_id.clone().unwrap_or_default();
-    config.secret_access_key = Some(refit_worker::storage::Secret::new("0".repeat(64)));
+    config.secret_access_key = Some(refit_io::Secret::new("0".repeat(64)));
     let store = S3Store::new(config)?;
     let error = store.get("tests/denied/x").await.expect_err("wrong secret");
     assert_kind(&error, StorageErrorKind::PermissionDenied);

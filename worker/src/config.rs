@@ -4,12 +4,12 @@
 //! `REFIT__WORKER__RESUME_EVERY_EPOCHS`), then [`WorkerConfig::validate`].
 //!
 //! ```toml
-//! [queue]            # refit_worker::queue::QueueConfig
+//! [queue]            # refit_io::queue::QueueConfig
 //! url = "amqp://refit@rabbitmq:5672/%2f"
 //! password_file = "/run/secrets/amqp-password"
 //! pool = "gpu"
 //!
-//! [s3]               # refit_worker::storage::S3Config
+//! [s3]               # refit_io::storage::S3Config
 //! endpoint = "http://garage:3900"
 //! region = "garage"
 //! access_key_id = "GK…"
@@ -29,9 +29,10 @@ use std::time::Duration;
 use refit_proto::WorkerId;
 use serde::Deserialize;
 
-use crate::engine::runtime::{Device, RuntimeOptions};
-use crate::queue::QueueConfig;
-use crate::storage::S3Config;
+use refit_engine::runtime::{Device, RuntimeOptions};
+use refit_io::config::{env_layer, read_layers};
+use refit_io::queue::QueueConfig;
+use refit_io::storage::S3Config;
 
 /// Why a config cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -134,31 +135,6 @@ impl Default for WorkerSettings {
             shutdown_deadline_secs: 30,
         }
     }
-}
-
-/// The `REFIT__<SECTION>__<KEY>` environment layer both services read.
-pub fn env_layer() -> config::Environment {
-    config::Environment::with_prefix("REFIT")
-        .prefix_separator("__")
-        .separator("__")
-        .try_parsing(true)
-}
-
-/// Reads built-in defaults (`T`'s serde defaults), then `file` (TOML, required when given), then
-/// `env` into a `T`. Validation is the caller's.
-pub fn read_layers<T: serde::de::DeserializeOwned>(
-    file: Option<&Path>,
-    env: config::Environment,
-) -> Result<T, config::ConfigError> {
-    let mut builder = config::Config::builder();
-    if let Some(path) = file {
-        builder = builder.add_source(
-            config::File::from(path)
-                .format(config::FileFormat::Toml)
-                .required(true),
-        );
-    }
-    builder.add_source(env).build()?.try_deserialize()
 }
 
 impl WorkerConfig {

@@ -1,23 +1,16 @@
 //! # refit-worker
 //!
-//! The training engine and the worker service, plus the storage and queue adapters both refit
-//! services use.
+//! The worker service (`refit-worker`): consumes jobs from RabbitMQ, trains them with the engine
+//! through the one training pipeline (`refit_engine::pipeline`), stores the new version through
+//! the registry (`refit_io::registry`) and reports events. It knows nothing of HTTP routes or the
+//! coordinator's job store.
 //!
 //! ## Layout
-//! - [`engine`]: the training engine: ONNX messages, ONNX Runtime loading and sessions
-//! - [`storage`]: the object-store interface, its S3 implementation (aws-sdk-s3) and a
-//!   local-directory implementation with the same key layout
-//! - [`version`]: stored model versions (files first, manifest last; sha256-checked reads)
-//! - [`queue`]: the RabbitMQ adapter (lapin): topology, confirmed publishing, manual-ack consuming
+//! - [`config`]: [`config::WorkerConfig`], loaded in layers (`refit_io::config`)
+//! - [`runner`]: the job loop: consume, resume, train, upload, report, settle the delivery
 //!
-//! The storage and queue adapters live here rather than in a crate of their own because the
-//! coordinator already depends on this crate (for `refit predict` and `refit demo`); one crate
-//! fewer keeps the workspace to the five top-level folders of DESIGN §1.
+//! The binary (`src/bin/refit-worker.rs`) parses arguments, sets up tracing, loads the config and
+//! calls [`runner::run`] with a token cancelled on SIGINT/SIGTERM.
 
 pub mod config;
-pub mod engine;
-pub mod queue;
 pub mod runner;
-pub mod storage;
-pub mod telemetry;
-pub mod version;

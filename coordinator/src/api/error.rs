@@ -8,7 +8,7 @@ use tracing::{error, warn};
 
 use crate::service::SubmitError;
 use crate::store::StoreError;
-use crate::wire::{ErrorBody, ErrorDetail};
+use refit_proto::wire::{ErrorBody, ErrorDetail};
 
 /// An API error.
 #[derive(Debug)]

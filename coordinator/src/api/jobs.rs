@@ -6,15 +6,15 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use refit_proto::data::{Format, parse_bytes};
+use refit_proto::keys::sha256_hex;
 use refit_proto::{JobId, keys};
-use refit_worker::storage::sha256_hex;
 use serde::Deserialize;
 use tracing::info;
 
 use super::ApiError;
 use crate::service::App;
 use crate::store::JobFilter;
-use crate::wire::{DatasetBody, JobList, JobState, JobView, SubmitRequest, SubmitResponse};
+use refit_proto::wire::{DatasetBody, JobList, JobState, JobView, SubmitRequest, SubmitResponse};
 
 /// `POST /v1/datasets` query.
 #[derive(Debug, Deserialize)]

@@ -24,7 +24,7 @@ use tracing::info;
 
 pub use error::ApiError;
 
-use refit_worker::storage::Secret;
+use refit_io::Secret;
 
 use crate::service::App;
 

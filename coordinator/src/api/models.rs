@@ -5,80 +5,54 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use refit_proto::{Alias, ModelName, Version, keys};
-use refit_worker::version::{VersionError, list_versions, read_manifest};
+use refit_io::registry::RegistryError;
+use refit_proto::wire::{AliasRequest, AliasView, ModelList, ModelView, VersionList, VersionView};
+use refit_proto::{Alias, ModelName, Version};
 
 use super::ApiError;
 use crate::service::App;
-use crate::wire::{AliasRequest, AliasView, ModelList, ModelView, VersionList, VersionView};
 
 fn model_name(name: &str) -> Result<ModelName, ApiError> {
     ModelName::new(name).map_err(|e| ApiError::invalid(format!("model: {e}")))
 }
 
-fn version_error(e: VersionError) -> ApiError {
+fn registry_error(e: RegistryError) -> ApiError {
     match e {
-        VersionError::Storage(s) if s.is_transient() => ApiError::store_unavailable(&s),
-        VersionError::NotFound { .. } => ApiError::not_found(e.to_string()),
+        RegistryError::Storage(s) if s.is_transient() => ApiError::store_unavailable(&s),
+        RegistryError::NotFound { .. } => ApiError::not_found(e.to_string()),
         other => ApiError::internal(&other),
     }
 }
 
 /// Alias name → version, for one model.
 async fn aliases(app: &App, model: &ModelName) -> Result<BTreeMap<String, Version>, ApiError> {
-    let prefix = format!("{}aliases/", keys::model_prefix(model));
-    let objects = app
-        .objects
-        .list(&prefix)
+    let aliases = app
+        .registry
+        .aliases(model)
         .await
         .map_err(|e| ApiError::store_unavailable(&e))?;
-    let mut out = BTreeMap::new();
-    for object in objects {
-        let name = object.key.trim_start_matches(&prefix);
-        let Ok(alias) = Alias::new(name) else {
-            continue;
-        };
-        if let Ok(Some(version)) = app.read_alias(model, &alias).await {
-            out.insert(alias.to_string(), version);
-        }
-    }
-    Ok(out)
+    Ok(aliases
+        .into_iter()
+        .map(|(alias, version)| (alias.to_string(), version))
+        .collect())
 }
 
 /// Every model with a stored version or a job.
 pub(super) async fn list(State(app): State<App>) -> Result<Json<ModelList>, ApiError> {
-    let objects = app
-        .objects
-        .list("models/")
+    let mut versions: BTreeMap<String, Vec<Version>> = app
+        .registry
+        .models()
         .await
-        .map_err(|e| ApiError::store_unavailable(&e))?;
-    let mut versions: BTreeMap<String, Vec<Version>> = BTreeMap::new();
-    for object in &objects {
-        let Some(name) = object
-            .key
-            .strip_prefix("models/")
-            .and_then(|k| k.split('/').next())
-        else {
-            continue;
-        };
-        let Ok(model) = ModelName::new(name) else {
-            continue;
-        };
-        let entry = versions.entry(name.to_owned()).or_default();
-        if object.key.ends_with(&format!("/{}", keys::MANIFEST))
-            && let Some(v) = keys::version_of_key(&model, &object.key)
-        {
-            entry.push(v);
-        }
-    }
+        .map_err(|e| ApiError::store_unavailable(&e))?
+        .into_iter()
+        .map(|(model, versions)| (model.to_string(), versions))
+        .collect();
     let active = app.store.models_with_jobs().await?;
     for name in active.keys() {
         versions.entry(name.clone()).or_default();
     }
     let mut models = Vec::new();
-    for (name, mut found) in versions {
-        found.sort_unstable();
-        found.dedup();
+    for (name, found) in versions {
         let model = model_name(&name)?;
         let aliases = aliases(&app, &model)
             .await?
@@ -102,9 +76,11 @@ pub(super) async fn versions(
     Path(name): Path<String>,
 ) -> Result<Json<VersionList>, ApiError> {
     let model = model_name(&name)?;
-    let found = list_versions(app.objects.as_ref(), &model)
+    let found = app
+        .registry
+        .versions(&model)
         .await
-        .map_err(version_error)?;
+        .map_err(registry_error)?;
     if found.is_empty() {
         return Err(ApiError::not_found(format!(
             "model {model} has no stored versions"
@@ -113,9 +89,11 @@ pub(super) async fn versions(
     let aliases = aliases(&app, &model).await?;
     let mut versions = Vec::new();
     for version in found {
-        let m = read_manifest(app.objects.as_ref(), &model, version)
+        let m = app
+            .registry
+            .manifest(&model, version)
             .await
-            .map_err(version_error)?;
+            .map_err(registry_error)?;
         versions.push(VersionView {
             version: version.to_string(),
             parent: m.parent.map(|p| p.to_string()),
@@ -156,17 +134,11 @@ pub(super) async fn set_alias(
         .trim()
         .parse()
         .map_err(|e| ApiError::invalid(format!("version: {e}")))?;
-    read_manifest(app.objects.as_ref(), &model, version)
+    let previous = app
+        .registry
+        .set_alias(&model, &alias, version)
         .await
-        .map_err(version_error)?;
-    let previous = app.read_alias(&model, &alias).await.ok().flatten();
-    app.objects
-        .put(
-            &keys::alias(&model, &alias),
-            Bytes::from(format!("{}\n", version.key_segment())),
-        )
-        .await
-        .map_err(|e| ApiError::store_unavailable(&e))?;
+        .map_err(registry_error)?;
     tracing::info!(%model, %alias, %version, "alias set");
     Ok(Json(AliasView {
         model: model.to_string(),

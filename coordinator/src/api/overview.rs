@@ -11,7 +11,7 @@ use chrono::Utc;
 use super::ApiError;
 use crate::service::App;
 use crate::store::JobFilter;
-use crate::wire::{JobState, Overview};
+use refit_proto::wire::{JobState, Overview};
 
 /// The dashboard page: static; it reads `/v1/overview` with the token the user gives it.
 const DASHBOARD: &str = include_str!("../../assets/dashboard.html");

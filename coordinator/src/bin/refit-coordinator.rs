@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use refit_coordinator::config::CoordinatorConfig;
-use refit_worker::telemetry::{self, LogFormat};
+use refit_io::telemetry::{self, LogFormat};
 use tracing::error;
 
 /// Serves refit's API and dashboard, publishes training jobs and records what workers report.

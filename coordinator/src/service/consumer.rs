@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use refit_io::queue::{Consumer, Delivery, QueueError};
 use refit_proto::{DecodeError, Event, JobSpec, Message, WorkerStatus};
-use refit_worker::queue::{Consumer, Delivery, QueueError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 

@@ -12,7 +12,7 @@ use refit_proto::decision::DecisionReport;
 
 use super::App;
 use crate::store::JobFilter;
-use crate::wire::JobState;
+use refit_proto::wire::JobState;
 
 /// The coordinator's metrics.
 pub struct Metrics {

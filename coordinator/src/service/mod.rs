@@ -19,8 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use refit_worker::queue::Broker;
-use refit_worker::storage::{ObjectStore, S3Store, Secret};
+use refit_io::Secret;
+use refit_io::queue::Broker;
+use refit_io::registry::Registry;
+use refit_io::storage::{ObjectStore, S3Store};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -37,8 +39,10 @@ pub struct App {
     pub config: Arc<CoordinatorConfig>,
     /// The job store.
     pub store: Store,
-    /// Datasets and models.
+    /// Datasets (and, through `registry`, models).
     pub objects: Arc<dyn ObjectStore>,
+    /// Models, versions and aliases, in `objects`.
+    pub registry: Registry,
     /// The broker connection (reconnects by itself).
     pub broker: Broker,
     /// Wakes the outbox publisher.
@@ -72,6 +76,7 @@ impl App {
         Ok(Self {
             config: Arc::new(config),
             store,
+            registry: Registry::new(objects.clone()),
             objects,
             broker,
             outbox_wake: Arc::new(Notify::new()),

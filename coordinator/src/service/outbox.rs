@@ -8,8 +8,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use refit_io::queue::{Publisher, QueueError, close_channel};
 use refit_proto::{Control, JobId};
-use refit_worker::queue::{Publisher, QueueError, close_channel};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 

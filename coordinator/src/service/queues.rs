@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use refit_worker::queue::QueueConfig;
+use refit_io::queue::QueueConfig;
 use serde::Deserialize;
 
 use super::App;
 use crate::config::CoordinatorConfig;
-use crate::wire::QueueView;
+use refit_proto::wire::QueueView;
 
 /// How long one look at the broker may take.
 const TIMEOUT: Duration = Duration::from_secs(3);

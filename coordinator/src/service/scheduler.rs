@@ -14,16 +14,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use refit_proto::{ModelName, keys};
-use refit_worker::storage::sha256_hex;
-use refit_worker::version::{list_versions, read_manifest};
+use refit_io::storage::StorageError;
+use refit_proto::ModelName;
+use refit_proto::keys::{self, sha256_hex};
+use refit_proto::wire::{DatasetBody, SubmitRequest};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{App, SubmitError};
 use crate::config::{ScheduleConfig, dataset_extension};
 use crate::store::ScheduleRun;
-use crate::wire::{DatasetBody, SubmitRequest};
 
 /// Runs the schedules until `shutdown`.
 pub(super) async fn run(app: App, shutdown: CancellationToken) {
@@ -123,7 +123,7 @@ impl From<SubmitError> for RunError {
 
 /// Copies `key` to its content address; returns the dataset reference.
 async fn content_address(app: &App, key: &str) -> Result<(DatasetBody, String), RunError> {
-    let transient = |e: refit_worker::storage::StorageError| {
+    let transient = |e: StorageError| {
         if e.is_transient() {
             RunError::Transient(e.into())
         } else {
@@ -166,12 +166,15 @@ async fn run_once(
     let model =
         ModelName::new(schedule.model.clone()).map_err(|e| RunError::Permanent(e.into()))?;
     let (dataset, sha) = content_address(app, &schedule.dataset).await?;
-    let versions = list_versions(app.objects.as_ref(), &model)
+    let versions = app
+        .registry
+        .versions(&model)
         .await
         .map_err(|e| RunError::Transient(e.into()))?;
     let latest = match versions.last() {
         Some(v) => Some(
-            read_manifest(app.objects.as_ref(), &model, *v)
+            app.registry
+                .manifest(&model, *v)
                 .await
                 .map_err(|e| RunError::Transient(e.into()))?,
         ),

@@ -4,20 +4,19 @@
 use std::collections::BTreeSet;
 
 use chrono::Utc;
+use refit_io::registry::RegistryError;
+use refit_io::storage::{StorageError, validate_key};
 use refit_proto::data::{Format, TrainingData, parse_bytes};
 use refit_proto::decision::{Decision, DecisionInput, DecisionReport, Policy, decide};
+use refit_proto::wire::{DatasetBody, SubmitRequest};
 use refit_proto::{
     Alias, ArchSpec, Budget, DatasetRef, Hyperparams, JobId, JobSpec, Manifest, Mode, ModelName,
     Version, keys,
 };
-use refit_worker::engine::featurizer::Vocabulary;
-use refit_worker::storage::{StorageError, validate_key};
-use refit_worker::version::{VersionError, list_versions, read_manifest};
 
 use super::App;
 use crate::config::dataset_extension;
 use crate::store::{NewJob, StoreError, StoredJob};
-use crate::wire::{DatasetBody, SubmitRequest};
 
 /// Why a submission was not stored.
 #[derive(Debug, thiserror::Error)]
@@ -42,12 +41,15 @@ pub enum SubmitError {
     Store(#[from] StoreError),
 }
 
-impl From<VersionError> for SubmitError {
-    fn from(e: VersionError) -> Self {
+impl From<RegistryError> for SubmitError {
+    fn from(e: RegistryError) -> Self {
         match e {
-            VersionError::Storage(e) => SubmitError::Storage(e),
-            VersionError::NotFound { .. } => SubmitError::NotFound(e.to_string()),
-            other => SubmitError::Dataset(format!("the base version cannot be read: {other}")),
+            RegistryError::Storage(e) => SubmitError::Storage(e),
+            RegistryError::NotFound { .. } => SubmitError::NotFound(e.to_string()),
+            RegistryError::BadAlias { .. } => SubmitError::Dataset(e.to_string()),
+            RegistryError::Corrupt { .. } => {
+                SubmitError::Dataset(format!("the base version cannot be read: {e}"))
+            }
         }
     }
 }
@@ -161,7 +163,7 @@ impl App {
             Ok(version) => version,
             Err(_) => {
                 let alias = Alias::new(base).map_err(|e| invalid(format!("base: {e}")))?;
-                self.read_alias(model, &alias).await?.ok_or_else(|| {
+                self.registry.alias(model, &alias).await?.ok_or_else(|| {
                     SubmitError::NotFound(format!("model {model} has no alias {alias}"))
                 })?
             }
@@ -174,35 +176,11 @@ impl App {
         Ok(Some(version))
     }
 
-    /// The version an alias points at.
-    pub async fn read_alias(
-        &self,
-        model: &ModelName,
-        alias: &Alias,
-    ) -> Result<Option<Version>, SubmitError> {
-        match self.objects.get(&keys::alias(model, alias)).await {
-            Ok(bytes) => {
-                let text = String::from_utf8_lossy(&bytes);
-                text.trim().parse().map(Some).map_err(|_| {
-                    SubmitError::Dataset(format!(
-                        "alias {alias} of {model} holds {:?}, not a version",
-                        text.chars().take(20).collect::<String>()
-                    ))
-                })
-            }
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// The base version's word vocabulary, for the report's new-word count. Best effort: a
     /// version whose `vocab.json` cannot be read is decided on without it (the worker checks the
     /// files again before training).
     async fn base_words(&self, manifest: &Manifest) -> Option<BTreeSet<String>> {
-        let entry = manifest.files.get(keys::VOCAB)?;
-        let key = keys::version_file(&manifest.model, manifest.version, keys::VOCAB).ok()?;
-        let bytes = self.objects.get_verified(&key, &entry.sha256).await.ok()?;
-        let vocab = Vocabulary::from_json(&bytes, &manifest.arch.featurizer).ok()?;
+        let vocab = self.registry.vocabulary(manifest).await.ok()?;
         Some(vocab.words())
     }
 
@@ -253,12 +231,12 @@ impl App {
             }
         }
 
-        let versions = list_versions(self.objects.as_ref(), &model).await?;
+        let versions = self.registry.versions(&model).await?;
         let base_version = self
             .resolve_base(&model, request.base.as_deref(), &versions)
             .await?;
         let base = match base_version {
-            Some(v) => Some(read_manifest(self.objects.as_ref(), &model, v).await?),
+            Some(v) => Some(self.registry.manifest(&model, v).await?),
             None => None,
         };
         let data = self.load_dataset(&dataset).await?;

@@ -16,7 +16,7 @@ use rusqlite::{Connection, params};
 
 use super::jobs::get_job;
 use super::{Store, StoreError, parse_ts, ts};
-use crate::wire::{EventView, JobState, WorkerView};
+use refit_proto::wire::{EventView, JobState, WorkerView};
 
 /// What recording an event did.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -235,7 +235,7 @@ fn apply(conn: &mut Connection, event: &Event) -> Result<EventOutcome, StoreErro
     Ok(outcome)
 }
 
-fn seconds_since(job: &crate::wire::JobView, at: DateTime<Utc>) -> f64 {
+fn seconds_since(job: &refit_proto::wire::JobView, at: DateTime<Utc>) -> f64 {
     (at - job.submitted_at).num_milliseconds().max(0) as f64 / 1000.0
 }
 

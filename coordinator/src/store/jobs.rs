@@ -8,7 +8,7 @@ use refit_proto::{JobSpec, Metrics, Mode, Version, decode, encode};
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::{Store, StoreError, parse_ts, parse_ts_opt, ts};
-use crate::wire::{DatasetBody, DecisionSummary, JobState, JobView, ProgressView};
+use refit_proto::wire::{DatasetBody, DecisionSummary, JobState, JobView, ProgressView};
 
 /// A job to insert; its output version is chosen by [`Store::insert_job`].
 #[derive(Clone, Debug)]

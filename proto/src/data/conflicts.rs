@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::{Example, TrainingData, char_slice};
-use crate::decision::word_tokens;
+use crate::tokens::word_tokens;
 
 /// The most conflicts of each kind a report lists (the report travels with every job, so a
 /// messy dataset must not make it huge); the counts say how many there are in all.

@@ -4,7 +4,7 @@
 
 use super::*;
 
-/// The CLI's documented exit codes (coordinator/src/cli/exit.rs).
+/// The CLI's documented exit codes (coordinator/cli/src/exit.rs).
 const EXIT_REJECTED: i32 = 11;
 const EXIT_UNREACHABLE: i32 = 14;
 const EXIT_TOKEN_REFUSED: i32 = 15;

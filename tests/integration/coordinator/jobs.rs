@@ -155,7 +155,7 @@ async fn coordinator_crash_between_store_and_publish_publishes_once_after_restar
         answer.map(|r| r.status())
     );
     let status = stack
-        .coordinator_mut()?
+        .coordinator()?
         .wait_exit(Duration::from_secs(30))
         .await?;
     ensure!(

@@ -4,8 +4,7 @@
 //!
 //! Each test builds a [`Stack`]: its own queue prefix, model name, API token, free port and temp
 //! folder (the SQLite job store, config files, every process's log). The binaries are built once
-//! per test run (`cargo build -p refit-coordinator --bins`, `cargo build -p refit-worker --bin
-//! refit-worker`); the services are found as in the other modules (`REFIT_TEST_AMQP_URL`,
+//! per test run (`cargo build -p refit-coordinator -p refit-cli`, `cargo build -p refit-worker`); the services are found as in the other modules (`REFIT_TEST_AMQP_URL`,
 //! `REFIT_TEST_S3_*`, `REFIT_S3_*`, then the local Garage's `credentials.env`). A missing service
 //! fails the test with a message saying how to start it. Processes are killed when their handle
 //! drops; a test that passes stops them with SIGTERM, expects a clean exit, and then checks that
@@ -24,32 +23,45 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use bytes::Bytes;
+use refit_io::queue::{Broker, QueueConfig};
+use refit_io::storage::{ObjectStore, S3Config, S3Store};
 use refit_proto::data::{Example, load_file};
 use refit_proto::keys;
-use refit_worker::queue::{Broker, QueueConfig};
-use refit_worker::storage::{ObjectStore, S3Config, S3Store, sha256_hex};
+use refit_proto::keys::sha256_hex;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::common::{built_binary, env_or, examples, repo, s3_config, unique, worker_binary};
+use crate::common::proc::{Proc, tail};
+use crate::common::wait::{done_if, wait_until};
+use crate::common::{
+    amqp_url, built_binary, connect_broker, env_or, examples, repo, s3_config, s3_store,
+    service_env, unique, worker_binary,
+};
 
 mod cli;
 mod jobs;
 mod observe;
 mod security;
 
-const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
 /// A guard against hangs (the machine may be busy with other tests), not a speed target.
 const WAIT: Duration = Duration::from_secs(300);
 
-/// What `cargo build` needs to build the coordinator and the CLI.
-const COORDINATOR_BUILD: &[&str] = &["-p", "refit-coordinator", "--bins"];
+/// What `cargo build` needs to build the coordinator and the CLI (one cargo run for both).
+const COORDINATOR_BUILD: &[&str] = &[
+    "-p",
+    "refit-coordinator",
+    "--bin",
+    "refit-coordinator",
+    "-p",
+    "refit-cli",
+    "--bin",
+    "refit",
+];
 
 fn coordinator_binary() -> Result<PathBuf> {
     built_binary(COORDINATOR_BUILD, "refit-coordinator")
@@ -84,146 +96,6 @@ fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut buf);
     buf.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The last `n` lines of a file.
-fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// A child process with its output in a log file; SIGKILLed on drop if still running.
-struct Proc {
-    name: String,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, mut command: Command, log: PathBuf) -> Result<Self> {
-        let file = std::fs::File::create(&log)?;
-        command
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file);
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start {name}"))?;
-        Ok(Self {
-            name: name.to_owned(),
-            child: Some(child),
-            log,
-        })
-    }
-
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// The exit status, if it has exited (then the handle is released).
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
-        self.child = None;
-        Some(status)
-    }
-
-    fn signal(&self, name: &str) -> Result<()> {
-        let pid = self
-            .pid()
-            .with_context(|| format!("{} is not running", self.name))?;
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &pid.to_string()])
-            .status()?;
-        ensure!(
-            status.success(),
-            "kill -{name} {pid} ({}) failed",
-            self.name
-        );
-        Ok(())
-    }
-
-    /// Waits for the process to exit; its status.
-    async fn wait_exit(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
-        let start = Instant::now();
-        loop {
-            let child = self
-                .child
-                .as_mut()
-                .with_context(|| format!("{} is not running", self.name))?;
-            if let Some(status) = child.try_wait()? {
-                self.child = None;
-                return Ok(status);
-            }
-            if start.elapsed() > within {
-                bail!(
-                    "{} did not exit within {within:?}; log:\n{}",
-                    self.name,
-                    tail(&self.log, 40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGTERM, then waits for a clean exit (code 0) that logged no `ERROR` line on the way.
-    async fn stop(&mut self) -> Result<()> {
-        if self.child.is_none() {
-            return Ok(());
-        }
-        let logged_before = std::fs::metadata(&self.log).map_or(0, |m| m.len());
-        self.signal("TERM")?;
-        let status = self.wait_exit(Duration::from_secs(90)).await?;
-        ensure!(
-            status.code() == Some(0),
-            "{} exited with {status} after SIGTERM; log:\n{}",
-            self.name,
-            tail(&self.log, 40)
-        );
-        let log = std::fs::read(&self.log)?;
-        let during = String::from_utf8_lossy(log.get(logged_before as usize..).unwrap_or_default());
-        let errors: Vec<&str> = during
-            .lines()
-            .filter(|l| log_level(l) == Some("ERROR"))
-            .collect();
-        ensure!(
-            errors.is_empty(),
-            "{} logged errors while shutting down: {errors:#?}",
-            self.name
-        );
-        Ok(())
-    }
-}
-
-/// The level of a `tracing` log line (`2026-…Z  INFO target: …`, colours or not).
-fn log_level(line: &str) -> Option<&str> {
-    let mut plain = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // An SGR sequence: ESC [ … m.
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    let level = plain.split_whitespace().nth(1)?;
-    ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"]
-        .into_iter()
-        .find(|l| *l == level)
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// Settings of a [`Stack`] beyond the defaults.
@@ -381,31 +253,11 @@ impl Stack {
     /// Checks the services, makes the names; starts nothing yet.
     async fn with(name: &str, options: Options) -> Result<Self> {
         let prefix = unique(&format!("c{name}"));
-        let test_url = env_or("REFIT_TEST_AMQP_URL", DEFAULT_AMQP_URL);
+        let test_url = amqp_url();
         let parsed = url::Url::parse(&test_url).context("REFIT_TEST_AMQP_URL is not a URL")?;
-        let where_ = format!(
-            "{}:{}",
-            parsed.host_str().unwrap_or("?"),
-            parsed.port().unwrap_or(5672)
-        );
-        let broker = Broker::connect(&QueueConfig::for_test(&test_url, &prefix))
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "RabbitMQ does not answer at {where_} ({e}): run deploy/rabbitmq.sh, or set \
-                     REFIT_TEST_AMQP_URL"
-                )
-            })?;
+        let broker = connect_broker(&QueueConfig::for_test(&test_url, &prefix)).await?;
         let s3 = s3_config()?;
-        let store = S3Store::new(s3.clone())?;
-        store.check_bucket().await.with_context(|| {
-            format!(
-                "the S3 server does not answer at {} (or has no bucket {}): run \
-                 deploy/s3-server.sh",
-                s3.endpoint.clone().unwrap_or_default(),
-                s3.bucket
-            )
-        })?;
+        let store = s3_store(&s3).await?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()?;
@@ -490,37 +342,10 @@ impl Stack {
         Ok(path)
     }
 
-    /// The queue and S3 settings both services share, as `REFIT__…` variables.
+    /// The queue and S3 settings both services share, as `REFIT__…` variables (the secrets in
+    /// files with [`Options::secrets_via_files`]).
     fn service_env(&self, command: &mut Command) -> Result<()> {
-        // Nothing from the developer's environment may change what the test runs.
-        for (name, _) in std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v))) {
-            if name.starts_with("REFIT__")
-                || [
-                    "REFIT_FAULT",
-                    "REFIT_COORDINATOR_CONFIG",
-                    "REFIT_WORKER_CONFIG",
-                ]
-                .contains(&name.as_str())
-            {
-                command.env_remove(name);
-            }
-        }
-        command
-            .env("REFIT__QUEUE__PREFIX", &self.prefix)
-            .env("REFIT__QUEUE__RECONNECT_MAX_MS", "1000")
-            .env(
-                "REFIT__S3__ENDPOINT",
-                self.s3.endpoint.clone().unwrap_or_default(),
-            )
-            .env("REFIT__S3__REGION", &self.s3.region)
-            .env("REFIT__S3__BUCKET", &self.s3.bucket)
-            .env(
-                "REFIT__S3__ACCESS_KEY_ID",
-                self.s3.access_key_id.clone().unwrap_or_default(),
-            )
-            .env("RUST_LOG", "info,lapin=warn,aws=warn,ort=warn")
-            .env("NO_COLOR", "1")
-            .current_dir(repo());
+        service_env(command, &self.amqp_url, &self.prefix, &self.s3);
         if self.options.secrets_via_files {
             let mut url = url::Url::parse(&self.amqp_url)?;
             let password = url.password().unwrap_or_default().to_owned();
@@ -532,14 +357,11 @@ impl Stack {
                     "REFIT__QUEUE__PASSWORD_FILE",
                     self.secret_file("amqp-password", &password)?,
                 )
+                .env_remove("REFIT__S3__SECRET_ACCESS_KEY")
                 .env(
                     "REFIT__S3__SECRET_ACCESS_KEY_FILE",
                     self.secret_file("s3-secret", &self.s3_secret())?,
                 );
-        } else {
-            command
-                .env("REFIT__QUEUE__URL", &self.amqp_url)
-                .env("REFIT__S3__SECRET_ACCESS_KEY", self.s3_secret());
         }
         Ok(())
     }
@@ -598,43 +420,35 @@ impl Stack {
     }
 
     /// Waits until `/healthz` answers 200.
-    async fn wait_healthy(&mut self) -> Result<()> {
-        let start = Instant::now();
+    async fn wait_healthy(&self) -> Result<()> {
         let health = format!("{}/healthz", self.url());
-        loop {
-            let proc = self.coordinator.as_mut().context("no coordinator")?;
+        let http = &self.http;
+        let proc = self.coordinator.as_ref().context("no coordinator")?;
+        wait_until("refit-coordinator to answer /healthz", WAIT, async || {
             if let Some(status) = proc.exited() {
                 bail!(
                     "refit-coordinator exited ({status}) before answering /healthz; log:\n{}",
-                    tail(&proc.log, 60)
+                    proc.tail(60)
                 );
             }
-            if let Ok(response) = self
-                .http
+            let answered = http
                 .get(&health)
                 .timeout(Duration::from_secs(2))
                 .send()
                 .await
-                && response.status() == StatusCode::OK
-            {
-                return Ok(());
-            }
-            ensure!(
-                start.elapsed() < Duration::from_secs(120),
-                "refit-coordinator did not answer /healthz within 120 s; log:\n{}",
-                tail(&proc.log, 60)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+                .is_ok_and(|r| r.status() == StatusCode::OK);
+            Ok(done_if(answered, (), || format!("log:\n{}", proc.tail(60))))
+        })
+        .await
     }
 
-    fn coordinator_mut(&mut self) -> Result<&mut Proc> {
-        self.coordinator.as_mut().context("no coordinator")
+    fn coordinator(&self) -> Result<&Proc> {
+        self.coordinator.as_ref().context("no coordinator")
     }
 
     /// Stops the coordinator with SIGTERM (expects exit code 0).
     async fn stop_coordinator(&mut self) -> Result<()> {
-        if let Some(mut proc) = self.coordinator.take() {
+        if let Some(proc) = self.coordinator.take() {
             proc.stop().await?;
         }
         Ok(())
@@ -670,37 +484,33 @@ impl Stack {
 
     /// Stops every worker with SIGTERM (expects exit code 0).
     async fn stop_workers(&mut self) -> Result<()> {
-        for worker in &mut self.workers {
+        for worker in &self.workers {
             worker.stop().await?;
         }
         Ok(())
     }
 
     /// Waits until `n` consumers are attached to the job queue (the workers are ready).
-    async fn wait_consumers(&mut self, n: u64) -> Result<()> {
+    async fn wait_consumers(&self, n: u64) -> Result<()> {
         let queue = self.job_queue();
-        let start = Instant::now();
-        loop {
-            for worker in &mut self.workers {
+        let what = format!("{n} workers to attach to {queue}");
+        wait_until(&what, WAIT, async || {
+            for worker in &self.workers {
                 if let Some(status) = worker.exited() {
                     bail!(
                         "{} exited ({status}); log:\n{}",
                         worker.name,
-                        tail(&worker.log, 60)
+                        worker.tail(60)
                     );
                 }
             }
             let text = self.metrics().await?;
-            if metric(&text, "refit_queue_consumers", &[("queue", &queue)]) == Some(n as f64) {
-                return Ok(());
-            }
-            ensure!(
-                start.elapsed() < WAIT,
-                "{n} workers did not attach to {queue} within {WAIT:?}\n{}",
-                self.logs_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+            let consumers = metric(&text, "refit_queue_consumers", &[("queue", &queue)]);
+            Ok(done_if(consumers == Some(n as f64), (), || {
+                format!("{consumers:?} consumers\n{}", self.logs_tail())
+            }))
+        })
+        .await
     }
 
     /// The last lines of every log, for failure messages (never containing secrets, which
@@ -824,22 +634,19 @@ impl Stack {
 
     /// Polls the job until `pred` holds; its view.
     async fn wait_job(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value> {
-        let start = Instant::now();
-        loop {
+        wait_until(&format!("job {id} to reach {what}"), WAIT, async || {
             let job = self.job(id).await?;
-            if pred(&job) {
-                return Ok(job);
-            }
-            if start.elapsed() > WAIT {
-                bail!(
-                    "job {id} did not reach {what} within {WAIT:?}: state {}, events {:?}\n{}",
+            let seen = || {
+                format!(
+                    "state {}, events {:?}\n{}",
                     job["state"],
                     event_types(&job),
                     self.logs_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+                )
+            };
+            Ok(done_if(pred(&job), job.clone(), seen))
+        })
+        .await
     }
 
     /// `GET /metrics` (no token).
@@ -862,22 +669,15 @@ impl Stack {
 
     /// Polls `/metrics` until `pred` holds on it; the text.
     async fn wait_metrics(&self, what: &str, pred: impl Fn(&str) -> bool) -> Result<String> {
-        let start = Instant::now();
-        loop {
+        wait_until(&format!("/metrics to show {what}"), WAIT, async || {
             let text = self.metrics().await?;
-            if pred(&text) {
-                return Ok(text);
-            }
-            if start.elapsed() > WAIT {
+            let seen = || {
                 let ours: Vec<&str> = text.lines().filter(|l| l.starts_with("refit_")).collect();
-                bail!(
-                    "/metrics did not show {what} within {WAIT:?}:\n{}\n{}",
-                    ours.join("\n"),
-                    self.logs_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+                format!("{}\n{}", ours.join("\n"), self.logs_tail())
+            };
+            Ok(done_if(pred(&text), text.clone(), seen))
+        })
+        .await
     }
 
     // ---- data -------------------------------------------------------------------------------

@@ -37,8 +37,13 @@ async fn coordinator_lists_idle_workers_and_one_that_stops() -> Result<()> {
 
 /// Polls `/v1/overview` until its workers are exactly `want` (id, status), all in `pool`.
 async fn wait_workers(stack: &Stack, pool: &str, want: &[(&str, &str)]) -> Result<()> {
-    let start = Instant::now();
-    loop {
+    let mut expected: Vec<(String, String, String)> = want
+        .iter()
+        .map(|(id, status)| ((*id).to_owned(), (*status).to_owned(), pool.to_owned()))
+        .collect();
+    expected.sort();
+    let what = format!("the overview's workers to be {expected:?}");
+    wait_until(&what, WAIT, async || {
         let (_, overview) = stack.call(Method::GET, "/v1/overview", None).await?;
         let workers = overview["workers"].as_array().cloned().unwrap_or_default();
         let mut seen: Vec<(String, String, String)> = workers
@@ -49,19 +54,9 @@ async fn wait_workers(stack: &Stack, pool: &str, want: &[(&str, &str)]) -> Resul
             })
             .collect();
         seen.sort();
-        let mut expected: Vec<(String, String, String)> = want
-            .iter()
-            .map(|(id, status)| ((*id).to_owned(), (*status).to_owned(), pool.to_owned()))
-            .collect();
-        expected.sort();
-        if seen == expected {
-            return Ok(());
-        }
-        if start.elapsed() > WAIT {
-            bail!("the overview's workers are {seen:?}, expected {expected:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        Ok(done_if(seen == expected, (), || format!("{seen:?}")))
+    })
+    .await
 }
 
 /// "Done when" 5: with no worker running, submitted jobs wait on the job queue and `/metrics`

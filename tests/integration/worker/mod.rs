@@ -12,30 +12,33 @@
 //! `resilience` holds the tests that break things around a running job: a private S3 server
 //! stopped for 20 s, the worker's RabbitMQ connection force-closed, and ten `kill -9`s.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use chrono::Utc;
 use lapin::BasicProperties;
 use lapin::options::{BasicGetOptions, BasicPublishOptions};
+use refit_io::queue::{Broker, Consumer, Publisher, QueueConfig};
+use refit_io::registry::Registry;
+use refit_io::storage::{ObjectStore, S3Config, S3Store};
 use refit_proto::data::Example;
+use refit_proto::keys::sha256_hex;
 use refit_proto::{
     Budget, Control, DatasetRef, Event, EventKind, Hyperparams, JobId, JobSpec, Mode, ModelName,
     Version, keys,
 };
-use refit_worker::queue::{Broker, Consumer, Publisher, QueueConfig};
-use refit_worker::storage::{ObjectStore, S3Config, S3Store, sha256_hex};
-use refit_worker::version::{list_versions, read_manifest};
 
-use crate::common::{credentials_in, env_or, examples, repo, s3_config, unique, worker_binary};
+use crate::common::proc::Proc;
+use crate::common::wait::{done_if, wait_until};
+use crate::common::{
+    amqp_url, connect_broker, credentials_in, env_or, examples, repo, s3_config, s3_store,
+    service_env, unique, worker_binary,
+};
 
 mod resilience;
-
-const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// A guard against hangs, not a speed target.
 const WAIT: Duration = Duration::from_secs(120);
@@ -63,23 +66,17 @@ impl Cluster {
     /// `delivery_limit` (the workers get the same, or declaring the queue would fail).
     async fn start_with(name: &str, s3: S3Config, delivery_limit: Option<u32>) -> Result<Self> {
         let prefix = unique(&format!("w{name}"));
-        let amqp_url = env_or("REFIT_TEST_AMQP_URL", DEFAULT_AMQP_URL);
+        let amqp_url = amqp_url();
         let mut config = QueueConfig::for_test(&amqp_url, &prefix);
         if let Some(limit) = delivery_limit {
             config.delivery_limit = limit;
         }
-        let broker = Broker::connect(&config)
-            .await
-            .map_err(|e| anyhow!("{e} (tests use REFIT_TEST_AMQP_URL)"))?;
+        let broker = connect_broker(&config).await?;
         let channel = broker.channel().await?;
         broker.topology().declare(&channel).await?;
         broker.topology().declare_coordinator(&channel).await?;
         let publisher = Publisher::new(&broker).await?;
-        let store = S3Store::new(s3.clone())?;
-        store
-            .check_bucket()
-            .await
-            .context("S3 server not reachable: run deploy/s3-server.sh")?;
+        let store = s3_store(&s3).await?;
 
         let events = Arc::new(Mutex::new(Vec::new()));
         let mut consumer = Consumer::events(&broker, 64).await?;
@@ -108,58 +105,27 @@ impl Cluster {
     }
 
     /// Starts a worker process with this test's settings plus `extra` env.
-    fn worker(&mut self, extra: &[(&str, &str)]) -> Result<Worker> {
-        let binary = worker_binary()?;
+    fn worker(&mut self, extra: &[(&str, &str)]) -> Result<Proc> {
         self.workers += 1;
         let log = self
             .log_dir
             .path()
             .join(format!("worker-{}.log", self.workers));
-        let file = std::fs::File::create(&log)?;
-        let mut command = Command::new(binary);
+        let mut command = Command::new(worker_binary()?);
+        service_env(&mut command, &self.amqp_url, &self.prefix, &self.s3);
         command
-            .env("REFIT__QUEUE__URL", &self.amqp_url)
-            .env("REFIT__QUEUE__PREFIX", &self.prefix)
-            .env("REFIT__QUEUE__RECONNECT_MAX_MS", "1000")
             .env(
                 "REFIT__QUEUE__DELIVERY_LIMIT",
                 self.broker.config().delivery_limit.to_string(),
             )
-            .env(
-                "REFIT__S3__ENDPOINT",
-                self.s3.endpoint.clone().unwrap_or_default(),
-            )
-            .env("REFIT__S3__REGION", &self.s3.region)
-            .env("REFIT__S3__BUCKET", &self.s3.bucket)
-            .env(
-                "REFIT__S3__ACCESS_KEY_ID",
-                self.s3.access_key_id.clone().unwrap_or_default(),
-            )
-            .env(
-                "REFIT__S3__SECRET_ACCESS_KEY",
-                self.s3
-                    .secret_access_key
-                    .as_ref()
-                    .map(|s| s.expose().to_owned())
-                    .unwrap_or_default(),
-            )
             .env("REFIT__WORKER__HEARTBEAT_SECS", "1")
             .env("REFIT__WORKER__RETRY_INITIAL_MS", "100")
             .env("REFIT__WORKER__RETRY_MAX_MS", "1000")
-            .env("REFIT__WORKER__INTRA_THREADS", "1")
-            .env("RUST_LOG", "info,lapin=warn,aws=warn,ort=warn")
-            .current_dir(repo())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file);
+            .env("REFIT__WORKER__INTRA_THREADS", "1");
         for (k, v) in extra {
             command.env(k, v);
         }
-        let child = command.spawn().context("cannot start refit-worker")?;
-        Ok(Worker {
-            child: Some(child),
-            log,
-        })
+        Proc::spawn(&format!("refit-worker {}", self.workers), command, log)
     }
 
     /// Uploads examples as a JSONL dataset; returns its reference.
@@ -222,20 +188,14 @@ impl Cluster {
         what: &str,
         pred: impl Fn(&EventKind) -> bool,
     ) -> Result<Vec<Event>> {
-        let start = Instant::now();
-        loop {
+        wait_until(&format!("a {what} event for job {job}"), WAIT, async || {
             let events = self.events_of(job);
-            if events.iter().any(|e| pred(&e.kind)) {
-                return Ok(events);
-            }
-            if start.elapsed() > WAIT {
-                bail!(
-                    "no {what} event for job {job} within {WAIT:?}; events: {:?}",
-                    names(&events)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            let found = events.iter().any(|e| pred(&e.kind));
+            Ok(done_if(found, events.clone(), || {
+                format!("events {:?}", names(&events))
+            }))
+        })
+        .await
     }
 
     async fn wait_final(&self, job: JobId) -> Result<Vec<Event>> {
@@ -283,8 +243,12 @@ impl Cluster {
         Ok(())
     }
 
+    fn registry(&self) -> Registry {
+        Registry::new(Arc::new(self.store.clone()))
+    }
+
     async fn versions(&self) -> Result<Vec<Version>> {
-        Ok(list_versions(&self.store, &self.model).await?)
+        Ok(self.registry().versions(&self.model).await?)
     }
 
     async fn cleanup(self) {
@@ -300,74 +264,6 @@ impl Cluster {
     }
 }
 
-/// A worker process; killed (SIGKILL) on drop if still running.
-struct Worker {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Worker {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The process id, while it runs.
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// Whether the process is still running.
-    fn running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
-    }
-
-    fn signal(&self, name: &str) -> Result<()> {
-        let pid = self.child.as_ref().context("no process")?.id();
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &pid.to_string()])
-            .status()?;
-        ensure!(status.success(), "kill -{name} {pid} failed");
-        Ok(())
-    }
-
-    fn kill9(&mut self) -> Result<()> {
-        let mut child = self.child.take().context("no process")?;
-        child.kill()?;
-        child.wait()?;
-        Ok(())
-    }
-
-    /// Waits for the process to exit; its exit code.
-    async fn wait_exit(&mut self, within: Duration) -> Result<Option<i32>> {
-        let start = Instant::now();
-        loop {
-            let child = self.child.as_mut().context("no process")?;
-            if let Some(status) = child.try_wait()? {
-                self.child = None;
-                return Ok(status.code());
-            }
-            if start.elapsed() > within {
-                bail!(
-                    "worker did not exit within {within:?}; log:\n{}",
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 fn names(events: &[Event]) -> Vec<&'static str> {
     events.iter().map(|e| e.kind.name()).collect()
 }
@@ -375,7 +271,7 @@ fn names(events: &[Event]) -> Vec<&'static str> {
 /// Checks that a stored version is complete and returns its manifest.
 async fn check_version(cluster: &Cluster, version: u32) -> Result<refit_proto::Manifest> {
     let version = Version::new(version)?;
-    let manifest = read_manifest(&cluster.store, &cluster.model, version).await?;
+    let manifest = cluster.registry().manifest(&cluster.model, version).await?;
     for file in [keys::CHECKPOINT, keys::MODEL_ONNX, keys::VOCAB] {
         let entry = manifest
             .files
@@ -429,7 +325,7 @@ async fn worker_trains_scratch_then_finetune_and_skips_a_duplicate() -> Result<(
         );
         Ok(())
     })();
-    result.with_context(|| format!("worker log:\n{}", worker.log()))?;
+    result.with_context(|| format!("worker log:\n{}", worker.log_text()))?;
     let v1 = check_version(&cluster, 1).await?;
     ensure!(v1.mode == Mode::Scratch && v1.epochs == 3.0, "{v1:?}");
     ensure!(
@@ -441,7 +337,7 @@ async fn worker_trains_scratch_then_finetune_and_skips_a_duplicate() -> Result<(
     finetune.eval_dataset = Some(eval_data);
     cluster.publisher.publish_job(&finetune).await?;
     let events = cluster.wait_final(finetune.id).await?;
-    check_order(&events).with_context(|| format!("worker log:\n{}", worker.log()))?;
+    check_order(&events).with_context(|| format!("worker log:\n{}", worker.log_text()))?;
     let v2 = check_version(&cluster, 2).await?;
     ensure!(
         v2.mode == Mode::Finetune && v2.parent == Some(Version::first()) && v2.epochs == 2.0,
@@ -458,20 +354,18 @@ async fn worker_trains_scratch_then_finetune_and_skips_a_duplicate() -> Result<(
 
     // The same message again: no training, `succeeded` again, still one version.
     cluster.publisher.publish_job(&finetune).await?;
-    let start = Instant::now();
-    loop {
+    let succeeded = |k: &EventKind| matches!(k, EventKind::Succeeded { .. });
+    wait_until("a second succeeded event", WAIT, async || {
         let events = cluster.events_of(finetune.id);
-        let kinds = names(&events);
-        if kinds.iter().filter(|k| **k == "succeeded").count() == 2 {
-            ensure!(
-                kinds.iter().filter(|k| **k == "started").count() == 1,
-                "the duplicate was trained again: {kinds:?}"
-            );
-            break;
-        }
-        ensure!(start.elapsed() < WAIT, "no second succeeded: {kinds:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let twice = events.iter().filter(|e| succeeded(&e.kind)).count() == 2;
+        Ok(done_if(twice, (), || format!("{:?}", names(&events))))
+    })
+    .await?;
+    let kinds = names(&cluster.events_of(finetune.id));
+    ensure!(
+        kinds.iter().filter(|k| **k == "started").count() == 1,
+        "the duplicate was trained again: {kinds:?}"
+    );
     ensure!(cluster.versions().await?.len() == 2);
     drop(worker);
     cluster.cleanup().await;
@@ -490,7 +384,7 @@ async fn worker_dead_letters_bad_jobs_and_goes_on() -> Result<()> {
     let mut cluster = Cluster::start("bad").await?;
     let worker = cluster.worker(&[])?;
     let data = cluster.dataset(&examples(3)?).await?;
-    let log = |w: &Worker| format!("worker log:\n{}", w.log());
+    let log = |w: &Proc| format!("worker log:\n{}", w.log_text());
 
     // A good v1 to fine-tune from.
     let v1 = cluster.job(1, None, data.clone(), Budget::Epochs(1));
@@ -572,12 +466,14 @@ async fn worker_dead_letters_bad_jobs_and_goes_on() -> Result<()> {
     check_version(&cluster, 4).await?;
 
     // Garbage, unknown version, new label, bad data, corrupt checkpoint: five dead letters.
-    let start = Instant::now();
     let mut dead = Vec::new();
-    while dead.len() < 5 && start.elapsed() < Duration::from_secs(20) {
+    wait_until("five dead letters", Duration::from_secs(20), async || {
         dead.extend(cluster.dead_letters().await?);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Ok(done_if(dead.len() >= 5, (), || {
+            format!("{} dead letters", dead.len())
+        }))
+    })
+    .await?;
     ensure!(dead.len() == 5, "{} dead letters", dead.len());
     ensure!(
         dead.iter()
@@ -600,7 +496,7 @@ async fn worker_cancels_a_running_job() -> Result<()> {
             matches!(k, EventKind::Progress { .. })
         })
         .await
-        .with_context(|| worker.log())?;
+        .with_context(|| worker.log_text())?;
     cluster
         .publisher
         .publish_control(&Control::Cancel { job_id: job.id })
@@ -608,7 +504,7 @@ async fn worker_cancels_a_running_job() -> Result<()> {
     let events = cluster
         .wait_final(job.id)
         .await
-        .with_context(|| worker.log())?;
+        .with_context(|| worker.log_text())?;
     ensure!(
         matches!(
             events
@@ -655,7 +551,7 @@ fn started_from(events: &[Event]) -> Vec<Option<f64>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_sigterm_checkpoints_requeues_and_the_next_worker_resumes() -> Result<()> {
     let mut cluster = Cluster::start("term").await?;
-    let mut first = cluster.worker(RESUME_ENV)?;
+    let first = cluster.worker(RESUME_ENV)?;
     let data = cluster.dataset(&examples(8)?).await?;
     let job = cluster.job(1, None, data, Budget::Epochs(40));
     cluster.publisher.publish_job(&job).await?;
@@ -666,10 +562,10 @@ async fn worker_sigterm_checkpoints_requeues_and_the_next_worker_resumes() -> Re
             |k| matches!(k, EventKind::Checkpointed { epoch, .. } if *epoch >= 2.0),
         )
         .await
-        .with_context(|| first.log())?;
+        .with_context(|| first.log_text())?;
     first.signal("TERM")?;
-    let code = first.wait_exit(Duration::from_secs(60)).await?;
-    ensure!(code == Some(0), "exit code {code:?}; log:\n{}", first.log());
+    let status = first.wait_exit(Duration::from_secs(60)).await?;
+    ensure!(status.success(), "{status}; log:\n{}", first.log_text());
     ensure!(
         cluster
             .events_of(job.id)
@@ -682,12 +578,12 @@ async fn worker_sigterm_checkpoints_requeues_and_the_next_worker_resumes() -> Re
     let events = cluster
         .wait_final(job.id)
         .await
-        .with_context(|| second.log())?;
+        .with_context(|| second.log_text())?;
     let starts = started_from(&events);
     ensure!(
         starts.len() == 2 && starts[0].is_none() && starts[1].is_some_and(|e| e > 0.0),
         "started events: {starts:?}; log:\n{}",
-        second.log()
+        second.log_text()
     );
     ensure!(
         events
@@ -719,29 +615,27 @@ async fn worker_killed_mid_training_is_resumed_by_the_next() -> Result<()> {
     let mut workers = Vec::new();
     // Kill at a few points: after the 2nd, then a later checkpoint of each new worker.
     for round in 0..2u32 {
-        let mut worker = cluster.worker(RESUME_ENV)?;
+        let worker = cluster.worker(RESUME_ENV)?;
         let seen = cluster
             .events_of(job.id)
             .iter()
             .filter(|e| matches!(e.kind, EventKind::Checkpointed { .. }))
             .count();
-        let start = Instant::now();
-        loop {
-            let count = cluster
-                .events_of(job.id)
-                .iter()
-                .filter(|e| matches!(e.kind, EventKind::Checkpointed { .. }))
-                .count();
-            if count >= seen + 2 {
-                break;
-            }
-            ensure!(
-                start.elapsed() < WAIT,
-                "round {round}: no checkpoints; log:\n{}",
-                worker.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until(
+            &format!("round {round}: two checkpoints"),
+            WAIT,
+            async || {
+                let count = cluster
+                    .events_of(job.id)
+                    .iter()
+                    .filter(|e| matches!(e.kind, EventKind::Checkpointed { .. }))
+                    .count();
+                Ok(done_if(count >= seen + 2, (), || {
+                    format!("{count} checkpoints; log:\n{}", worker.tail(40))
+                }))
+            },
+        )
+        .await?;
         worker.kill9()?;
         workers.push(worker);
     }
@@ -749,7 +643,7 @@ async fn worker_killed_mid_training_is_resumed_by_the_next() -> Result<()> {
     let events = cluster
         .wait_final(job.id)
         .await
-        .with_context(|| last.log())?;
+        .with_context(|| last.log_text())?;
     let starts = started_from(&events);
     ensure!(
         starts.len() == 3

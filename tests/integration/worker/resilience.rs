@@ -10,11 +10,14 @@
 //! Each waits on events, not sleeps, except for the outage itself.
 
 use std::net::TcpListener;
+use std::process::Stdio;
+use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
+use crate::common::wait::wait_until_every;
 
 /// A resume checkpoint every epoch.
 const EVERY_EPOCH: (&str, &str) = ("REFIT__WORKER__RESUME_EVERY_EPOCHS", "1");
@@ -140,7 +143,7 @@ async fn worker_rides_out_a_20s_s3_outage() -> Result<()> {
     let mut cluster = Cluster::start_with("s3down", garage.s3_config()?, None).await?;
     // The test settings retry every ≤ 1 s; 60 tries ride out 20 s (plus Garage's restart) within
     // the job's attempt, with no requeue.
-    let mut worker = cluster.worker(&[EVERY_EPOCH, ("REFIT__WORKER__RETRY_ATTEMPTS", "60")])?;
+    let worker = cluster.worker(&[EVERY_EPOCH, ("REFIT__WORKER__RETRY_ATTEMPTS", "60")])?;
     let data = cluster.dataset(&examples(8)?).await?;
     let job = cluster.job(1, None, data, Budget::Epochs(120));
     cluster.publisher.publish_job(&job).await?;
@@ -151,7 +154,7 @@ async fn worker_rides_out_a_20s_s3_outage() -> Result<()> {
             |k| matches!(k, EventKind::Checkpointed { epoch, .. } if *epoch >= 2.0),
         )
         .await
-        .with_context(|| worker.log())?;
+        .with_context(|| worker.log_text())?;
 
     garage.script("stop").await?;
     let down_at = Utc::now();
@@ -163,7 +166,7 @@ async fn worker_rides_out_a_20s_s3_outage() -> Result<()> {
     ensure!(
         worker.running(),
         "the worker exited during the outage; log:\n{}",
-        worker.log()
+        worker.log_text()
     );
     let up_at = Utc::now();
     garage.script("start").await?;
@@ -171,9 +174,9 @@ async fn worker_rides_out_a_20s_s3_outage() -> Result<()> {
     cluster
         .wait_final(job.id)
         .await
-        .with_context(|| worker.log())?;
+        .with_context(|| worker.log_text())?;
     let events = settle(&cluster, job.id).await;
-    let log = worker.log();
+    let log = worker.log_text();
     let kinds = names(&events);
     ensure!(
         succeeded(&events) == 1 && failed(&events) == 0,
@@ -265,7 +268,7 @@ async fn worker_reconnects_after_its_connection_is_force_closed() -> Result<()> 
             |k| matches!(k, EventKind::Checkpointed { epoch, .. } if *epoch >= 2.0),
         )
         .await
-        .with_context(|| worker.log())?;
+        .with_context(|| worker.log_text())?;
     let pid = worker.pid().context("the worker exited")?;
     let closed = close_connections_of(&cluster.prefix, pid).await?;
     ensure!(closed == 1, "closed {closed} connections of pid {pid}");
@@ -277,9 +280,9 @@ async fn worker_reconnects_after_its_connection_is_force_closed() -> Result<()> 
     cluster
         .wait_final(job.id)
         .await
-        .with_context(|| worker.log())?;
+        .with_context(|| worker.log_text())?;
     let events = settle(&cluster, job.id).await;
-    let log = worker.log();
+    let log = worker.log_text();
     let kinds = names(&events);
     ensure!(
         succeeded(&events) == 1 && failed(&events) == 0,
@@ -348,28 +351,27 @@ async fn worker_killed_at_ten_random_points_resumes_and_stores_one_version() -> 
     let started_at = Instant::now();
     for (round, &(epoch, jitter)) in points.iter().enumerate() {
         let id = format!("kill-{round}");
-        let mut worker = cluster.worker(&[EVERY_EPOCH, ("REFIT__WORKER__ID", &id)])?;
+        let worker = cluster.worker(&[EVERY_EPOCH, ("REFIT__WORKER__ID", &id)])?;
         // This attempt's `started`, then its progress up to the kill point's epoch (at once
         // when it resumed past it).
-        let start = Instant::now();
-        loop {
+        let what = format!("round {round}: epoch {epoch:.1}");
+        wait_until_every(&what, WAIT, Duration::from_millis(10), async || {
             let events = cluster.events_of(job.id);
             let started = events
                 .iter()
                 .any(|e| e.worker_id.as_str() == id && matches!(e.kind, EventKind::Started { .. }));
             let resumed = last_checkpoint(&events).unwrap_or(0.0);
             let reached = reached_epoch(&events, &id).unwrap_or(0.0).max(resumed);
-            if started && reached >= epoch {
-                break;
-            }
             ensure!(
-                start.elapsed() < WAIT && worker.running(),
-                "round {round}: epoch {epoch:.1} not reached; events: {:?}; log:\n{}",
-                names(&events),
-                worker.log()
+                worker.running(),
+                "round {round}: the worker exited; log:\n{}",
+                worker.tail(40)
             );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            Ok(done_if(started && reached >= epoch, (), || {
+                format!("events: {:?}", names(&events))
+            }))
+        })
+        .await?;
         tokio::time::sleep(jitter).await;
         worker.kill9()?;
         let events = cluster.events_of(job.id);
@@ -387,7 +389,7 @@ async fn worker_killed_at_ten_random_points_resumes_and_stores_one_version() -> 
     cluster
         .wait_final(job.id)
         .await
-        .with_context(|| last.log())?;
+        .with_context(|| last.log_text())?;
     let events = settle(&cluster, job.id).await;
 
     // Each attempt resumes from at least the newest checkpoint reported before it started.
@@ -422,7 +424,7 @@ async fn worker_killed_at_ten_random_points_resumes_and_stores_one_version() -> 
     ensure!(
         succeeded(&events) == 1 && failed(&events) == 0,
         "{kinds:?}; log:\n{}",
-        last.log()
+        last.log_text()
     );
     check_version(&cluster, 1).await?;
     ensure!(cluster.versions().await? == vec![Version::first()]);

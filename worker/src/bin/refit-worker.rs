@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use refit_io::telemetry::{self, LogFormat};
 use refit_worker::config::WorkerConfig;
-use refit_worker::telemetry::{self, LogFormat};
 use tracing::error;
 
 /// Runs refit training jobs from RabbitMQ.

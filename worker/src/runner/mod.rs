@@ -10,8 +10,8 @@
 //!    marker): publish `succeeded` again with the stored metrics, ack, no training. A manifest
 //!    for other data is a permanent failure (the coordinator assigned one version twice).
 //! 3. **Download** the dataset (and eval dataset), sha256-checked against the job; for a
-//!    fine-tune the base manifest and, unless resuming, the base version (`read_version`, every
-//!    file sha256-checked against its manifest).
+//!    fine-tune the base manifest and, unless resuming, the base version (through the registry,
+//!    `refit_io::registry`: every file sha256-checked against its manifest).
 //! 4. **Resume** from `jobs/<id>/resume/` (see `resume`) when an earlier attempt left a usable
 //!    checkpoint; `started.resumed_from_epoch` says from which epoch.
 //! 5. **Train** on a blocking thread (`spawn_blocking`). The observer sends `progress` at most
@@ -73,12 +73,22 @@
 //! the resume checkpoint (at most one epoch of work is lost), nack them with requeue, then close
 //! the connection; jobs still running after `shutdown_deadline_secs` are dropped, which requeues
 //! their deliveries too.
+//!
+//! ## Layout
+//! - `delivery`: one delivery from decoding to settling (ack, nack, reject)
+//! - `job`: one attempt's steps (stored version?, download, start or resume, evaluate, upload)
+//! - `train`: the training thread's bridge (progress events, resume-checkpoint uploads)
+//! - `observer`: the engine-side observer of a training run; `report`: events and heartbeats
+//! - `resume`: resume checkpoints under `jobs/<id>/resume/`; `retry`: `JobError` kinds and
+//!   the in-process retry of transient failures
 
+mod delivery;
 mod job;
 mod observer;
 mod report;
 mod resume;
 mod retry;
+mod train;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -91,9 +101,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{WorkerConfig, WorkerSettings};
-use crate::engine::runtime::{self, RuntimeOptions};
-use crate::queue::{Broker, Consumer, Publisher, close_channel};
-use crate::storage::{ObjectStore, S3Store};
+use refit_engine::runtime::{self, RuntimeOptions};
+use refit_io::queue::{Broker, Consumer, Publisher, close_channel};
+use refit_io::registry::Registry;
+use refit_io::storage::{ObjectStore, S3Store};
 use retry::Retry;
 
 /// How long one presence message may take to be confirmed.
@@ -104,7 +115,10 @@ const EARLY_CANCELS: usize = 1024;
 
 /// What every job task shares.
 pub(crate) struct Shared {
+    /// Datasets and resume checkpoints.
     store: Arc<dyn ObjectStore>,
+    /// Versions (the same store).
+    registry: Registry,
     publisher: Arc<Publisher>,
     worker_id: WorkerId,
     runtime: RuntimeOptions,
@@ -208,6 +222,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
 
     let (attempts, initial, max) = config.retry_delays();
     let shared = Arc::new(Shared {
+        registry: Registry::new(store.clone()),
         store,
         publisher,
         worker_id: worker_id.clone(),
@@ -259,7 +274,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
             }
             next = jobs.next(), if tasks.len() < concurrency => match next {
                 Some(Ok(delivery)) => {
-                    tasks.spawn(job::handle(shared.clone(), delivery));
+                    tasks.spawn(delivery::handle(shared.clone(), delivery));
                 }
                 Some(Err(err)) => {
                     error!(error = %err, "cannot consume jobs any more; stopping");

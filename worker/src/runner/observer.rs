@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::checkpoint::Checkpoint;
-use crate::engine::trainer::{NluModel, Progress, TrainObserver};
+use refit_engine::checkpoint::Checkpoint;
+use refit_engine::trainer::{NluModel, Progress, TrainObserver};
 
 /// The least time between two `progress` events.
 pub(crate) const PROGRESS_EVERY: Duration = Duration::from_secs(1);

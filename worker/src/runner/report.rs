@@ -10,7 +10,7 @@ use refit_proto::{Event, EventKind, JobId, WorkerId};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{Instrument, debug, warn};
 
-use crate::queue::{Publisher, QueueError};
+use refit_io::queue::{Publisher, QueueError};
 
 /// Publishes one attempt's events.
 #[derive(Clone)]

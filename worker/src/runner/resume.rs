@@ -20,10 +20,11 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::retry::{JobError, Retry};
-use crate::engine::checkpoint::Checkpoint;
-use crate::engine::featurizer::Vocabulary;
-use crate::engine::trainer::NluModel;
-use crate::storage::{ObjectStore, StorageError, sha256_hex};
+use refit_engine::pipeline;
+use refit_engine::trainer::NluModel;
+use refit_io::storage::{ObjectStore, StorageError};
+use refit_proto::keys::sha256_hex;
+use refit_proto::vocab::Vocabulary;
 
 /// The commit marker's file name.
 pub(crate) const MARKER: &str = "resume.json";
@@ -196,15 +197,11 @@ pub(crate) async fn load(
             Err(e) => return unusable(format!("{name}: {e}")),
         }
     }
-    let checkpoint = match Checkpoint::from_bytes(&files[0]) {
-        Ok(c) => c,
-        Err(e) => return unusable(format!("{}: {e}", keys::CHECKPOINT)),
-    };
     let vocab = match Vocabulary::from_json(&files[1], &marker.arch.featurizer) {
         Ok(v) => v,
         Err(e) => return unusable(format!("{}: {e}", keys::VOCAB)),
     };
-    let model = match NluModel::from_parts(marker.arch.clone(), vocab, checkpoint) {
+    let model = match pipeline::load(&marker.arch, vocab, &files[0]) {
         Ok(m) => m,
         Err(e) => return unusable(e.to_string()),
     };

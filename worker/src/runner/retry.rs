@@ -8,10 +8,10 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::engine::{EngineError, EngineErrorKind};
-use crate::queue::QueueError;
-use crate::storage::StorageError;
-use crate::version::VersionError;
+use refit_engine::{EngineError, EngineErrorKind};
+use refit_io::queue::QueueError;
+use refit_io::registry::RegistryError;
+use refit_io::storage::StorageError;
 
 /// How a job ended other than with a new version. Each variant maps to one way of settling the
 /// delivery (see the [module docs](super)).
@@ -56,13 +56,12 @@ impl JobError {
         }
     }
 
-    pub(crate) fn version(context: impl std::fmt::Display) -> impl FnOnce(VersionError) -> Self {
+    pub(crate) fn registry(context: impl std::fmt::Display) -> impl FnOnce(RegistryError) -> Self {
         move |e| match e {
-            VersionError::Storage(e) => JobError::storage(context)(e),
-            VersionError::Engine(e) => JobError::engine(context)(e),
-            e @ (VersionError::NotFound { .. } | VersionError::Corrupt { .. }) => {
-                JobError::Permanent(format!("{context}: {e}"))
-            }
+            RegistryError::Storage(e) => JobError::storage(context)(e),
+            e @ (RegistryError::NotFound { .. }
+            | RegistryError::Corrupt { .. }
+            | RegistryError::BadAlias { .. }) => JobError::Permanent(format!("{context}: {e}")),
         }
     }
 
@@ -94,9 +93,9 @@ impl Transient for QueueError {
     }
 }
 
-impl Transient for VersionError {
+impl Transient for RegistryError {
     fn transient(&self) -> bool {
-        matches!(self, VersionError::Storage(e) if e.is_transient())
+        self.is_transient()
     }
 }
 
