@@ -2,10 +2,13 @@
 //! saying how to start one that is missing), unique names, the binaries under test, the
 //! environment a service process gets, training data, and
 //!
+//! - [`cluster`]: [`cluster::Cluster`], the one cluster type (a test's names, services, folder and
+//!   worker processes);
 //! - [`proc`]: [`proc::Proc`], the one process type (a service with its log file);
 //! - [`wait`]: [`wait::wait_until`], the one way to wait for a condition.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod proc;
 pub mod wait;
 
@@ -138,12 +141,32 @@ pub fn built_binary(args: &[&str], name: &str) -> Result<PathBuf> {
     }
 }
 
+/// What the end-to-end tests build: every service binary in one `cargo build`, so that cargo
+/// resolves their dependencies' features once. (Building `refit-worker` alone resolves them
+/// without the CLI's and the coordinator's HTTP client and rebuilds the TLS stack.)
+const SERVICE_BUILD: &[&str] = &[
+    "-p",
+    "refit-coordinator",
+    "-p",
+    "refit-worker",
+    "-p",
+    "refit-cli",
+    "--bins",
+];
+
 /// The `refit-worker` binary (built once per test run).
 pub fn worker_binary() -> Result<PathBuf> {
-    built_binary(
-        &["-p", "refit-worker", "--bin", "refit-worker"],
-        "refit-worker",
-    )
+    built_binary(SERVICE_BUILD, "refit-worker")
+}
+
+/// The `refit-coordinator` binary (built once per test run).
+pub fn coordinator_binary() -> Result<PathBuf> {
+    built_binary(SERVICE_BUILD, "refit-coordinator")
+}
+
+/// The `refit` CLI (built once per test run).
+pub fn cli_binary() -> Result<PathBuf> {
+    built_binary(SERVICE_BUILD, "refit")
 }
 
 /// `NAME=value` lines of the local Garage's `credentials.env`.

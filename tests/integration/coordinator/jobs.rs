@@ -192,7 +192,7 @@ async fn coordinator_crash_between_store_and_publish_publishes_once_after_restar
         rows[0]
     );
     // … and nothing reached the broker: the job queue is absent or empty.
-    let channel = stack.broker.channel().await?;
+    let channel = stack.cluster.broker.channel().await?;
     let queue = stack.job_queue();
     if let Ok(declared) = channel
         .queue_declare(

@@ -122,7 +122,7 @@ async fn coordinator_refuses_missing_or_wrong_tokens_and_logs_no_secret() -> Res
     let new_dataset = jsonl(&new_examples)?;
     let new_key = dataset_key(&new_dataset, "jsonl")?;
     ensure!(
-        stack.store.head(&new_key).await?.is_none(),
+        stack.cluster.store.head(&new_key).await?.is_none(),
         "pick a dataset not stored yet"
     );
     let routes = v1_routes(&stack.model, &running_id, &dataset(&data), &new_dataset);
@@ -234,7 +234,7 @@ async fn coordinator_refuses_missing_or_wrong_tokens_and_logs_no_secret() -> Res
 
     // Nothing the refused calls asked for happened.
     ensure!(
-        stack.store.head(&new_key).await?.is_none(),
+        stack.cluster.store.head(&new_key).await?.is_none(),
         "a refused upload stored the dataset"
     );
     let list = stack

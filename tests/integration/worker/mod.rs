@@ -12,6 +12,7 @@
 //! `resilience` holds the tests that break things around a running job: a private S3 server
 //! stopped for 20 s, the worker's RabbitMQ connection force-closed, and ten `kill -9`s.
 
+use std::ops::{Deref, DerefMut};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,65 +22,62 @@ use bytes::Bytes;
 use chrono::Utc;
 use lapin::BasicProperties;
 use lapin::options::{BasicGetOptions, BasicPublishOptions};
-use refit_io::queue::{Broker, Consumer, Publisher, QueueConfig};
-use refit_io::registry::Registry;
-use refit_io::storage::{ObjectStore, S3Config, S3Store};
+use refit_io::queue::{Consumer, Publisher};
+use refit_io::storage::{ObjectStore, S3Config};
 use refit_proto::data::Example;
 use refit_proto::keys::sha256_hex;
 use refit_proto::{
-    Budget, Control, DatasetRef, Event, EventKind, Hyperparams, JobId, JobSpec, Mode, ModelName,
-    Version, keys,
+    Budget, Control, DatasetRef, Event, EventKind, Hyperparams, JobId, JobSpec, Mode, Version, keys,
 };
 
+use crate::common::cluster::{Cluster, ClusterOptions};
 use crate::common::proc::Proc;
 use crate::common::wait::{done_if, wait_until};
-use crate::common::{
-    amqp_url, connect_broker, credentials_in, env_or, examples, repo, s3_config, s3_store,
-    service_env, unique, worker_binary,
-};
+use crate::common::{credentials_in, env_or, examples, repo};
 
 mod resilience;
 
 /// A guard against hangs, not a speed target.
 const WAIT: Duration = Duration::from_secs(120);
 
-/// One test's world: its queue prefix, broker handles, store, event log and model name.
-struct Cluster {
-    prefix: String,
-    amqp_url: String,
-    s3: S3Config,
-    store: S3Store,
-    broker: Broker,
+/// A worker test: a [`Cluster`] (the test's names, services and worker processes), with the test
+/// in the coordinator's place: it publishes jobs and control messages and records every event.
+struct WorkerTest {
+    cluster: Cluster,
     publisher: Publisher,
     events: Arc<Mutex<Vec<Event>>>,
-    model: ModelName,
-    log_dir: tempfile::TempDir,
-    workers: usize,
 }
 
-impl Cluster {
+impl Deref for WorkerTest {
+    type Target = Cluster;
+
+    fn deref(&self) -> &Cluster {
+        &self.cluster
+    }
+}
+
+impl DerefMut for WorkerTest {
+    fn deref_mut(&mut self) -> &mut Cluster {
+        &mut self.cluster
+    }
+}
+
+impl WorkerTest {
     async fn start(name: &str) -> Result<Self> {
-        Self::start_with(name, s3_config()?, None).await
+        Self::start_with(name, ClusterOptions::default()).await
     }
 
-    /// A cluster on the given S3 server, with the job queue's delivery limit set to
-    /// `delivery_limit` (the workers get the same, or declaring the queue would fail).
-    async fn start_with(name: &str, s3: S3Config, delivery_limit: Option<u32>) -> Result<Self> {
-        let prefix = unique(&format!("w{name}"));
-        let amqp_url = amqp_url();
-        let mut config = QueueConfig::for_test(&amqp_url, &prefix);
-        if let Some(limit) = delivery_limit {
-            config.delivery_limit = limit;
-        }
-        let broker = connect_broker(&config).await?;
+    /// Declares the workers' and the coordinator's queues (the test reads the events the
+    /// coordinator would) and starts recording events.
+    async fn start_with(name: &str, options: ClusterOptions) -> Result<Self> {
+        let cluster = Cluster::start(&format!("w{name}"), options).await?;
+        let broker = &cluster.broker;
         let channel = broker.channel().await?;
         broker.topology().declare(&channel).await?;
         broker.topology().declare_coordinator(&channel).await?;
-        let publisher = Publisher::new(&broker).await?;
-        let store = s3_store(&s3).await?;
-
+        let publisher = Publisher::new(broker).await?;
         let events = Arc::new(Mutex::new(Vec::new()));
-        let mut consumer = Consumer::events(&broker, 64).await?;
+        let mut consumer = Consumer::events(broker, 64).await?;
         let sink = events.clone();
         tokio::spawn(async move {
             while let Some(Ok(delivery)) = consumer.next().await {
@@ -89,43 +87,11 @@ impl Cluster {
                 let _ = delivery.ack().await;
             }
         });
-        let model = ModelName::new(unique("m").replace('_', "-"))?;
         Ok(Self {
-            prefix,
-            amqp_url,
-            s3,
-            store,
-            broker,
+            cluster,
             publisher,
             events,
-            model,
-            log_dir: tempfile::tempdir()?,
-            workers: 0,
         })
-    }
-
-    /// Starts a worker process with this test's settings plus `extra` env.
-    fn worker(&mut self, extra: &[(&str, &str)]) -> Result<Proc> {
-        self.workers += 1;
-        let log = self
-            .log_dir
-            .path()
-            .join(format!("worker-{}.log", self.workers));
-        let mut command = Command::new(worker_binary()?);
-        service_env(&mut command, &self.amqp_url, &self.prefix, &self.s3);
-        command
-            .env(
-                "REFIT__QUEUE__DELIVERY_LIMIT",
-                self.broker.config().delivery_limit.to_string(),
-            )
-            .env("REFIT__WORKER__HEARTBEAT_SECS", "1")
-            .env("REFIT__WORKER__RETRY_INITIAL_MS", "100")
-            .env("REFIT__WORKER__RETRY_MAX_MS", "1000")
-            .env("REFIT__WORKER__INTRA_THREADS", "1");
-        for (k, v) in extra {
-            command.env(k, v);
-        }
-        Proc::spawn(&format!("refit-worker {}", self.workers), command, log)
     }
 
     /// Uploads examples as a JSONL dataset; returns its reference.
@@ -243,24 +209,12 @@ impl Cluster {
         Ok(())
     }
 
-    fn registry(&self) -> Registry {
-        Registry::new(Arc::new(self.store.clone()))
-    }
-
     async fn versions(&self) -> Result<Vec<Version>> {
         Ok(self.registry().versions(&self.model).await?)
     }
 
     async fn cleanup(self) {
-        let _ = async {
-            for meta in self.store.list(&keys::model_prefix(&self.model)).await? {
-                self.store.delete(&meta.key).await?;
-            }
-            crate::common::delete_topology(&self.broker).await;
-            anyhow::Ok(())
-        }
-        .await;
-        self.broker.close().await;
+        self.cluster.cleanup(&[]).await;
     }
 }
 
@@ -269,7 +223,7 @@ fn names(events: &[Event]) -> Vec<&'static str> {
 }
 
 /// Checks that a stored version is complete and returns its manifest.
-async fn check_version(cluster: &Cluster, version: u32) -> Result<refit_proto::Manifest> {
+async fn check_version(cluster: &WorkerTest, version: u32) -> Result<refit_proto::Manifest> {
     let version = Version::new(version)?;
     let manifest = cluster.registry().manifest(&cluster.model, version).await?;
     for file in [keys::CHECKPOINT, keys::MODEL_ONNX, keys::VOCAB] {
@@ -304,8 +258,8 @@ fn check_order(events: &[Event]) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_trains_scratch_then_finetune_and_skips_a_duplicate() -> Result<()> {
-    let mut cluster = Cluster::start("happy").await?;
-    let worker = cluster.worker(&[])?;
+    let mut cluster = WorkerTest::start("happy").await?;
+    let worker = cluster.start_worker(&[])?;
     let base_data = cluster.dataset(&examples(4)?).await?;
     let more_data = cluster.dataset(&examples(8)?).await?;
 
@@ -381,8 +335,8 @@ fn failed_reason(events: &[Event]) -> Option<(String, refit_proto::ErrorKind)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_dead_letters_bad_jobs_and_goes_on() -> Result<()> {
-    let mut cluster = Cluster::start("bad").await?;
-    let worker = cluster.worker(&[])?;
+    let mut cluster = WorkerTest::start("bad").await?;
+    let worker = cluster.start_worker(&[])?;
     let data = cluster.dataset(&examples(3)?).await?;
     let log = |w: &Proc| format!("worker log:\n{}", w.log_text());
 
@@ -486,8 +440,8 @@ async fn worker_dead_letters_bad_jobs_and_goes_on() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_cancels_a_running_job() -> Result<()> {
-    let mut cluster = Cluster::start("cancel").await?;
-    let worker = cluster.worker(&[])?;
+    let mut cluster = WorkerTest::start("cancel").await?;
+    let worker = cluster.start_worker(&[])?;
     let data = cluster.dataset(&examples(8)?).await?;
     let job = cluster.job(1, None, data, Budget::Epochs(100_000));
     cluster.publisher.publish_job(&job).await?;
@@ -550,8 +504,8 @@ fn started_from(events: &[Event]) -> Vec<Option<f64>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_sigterm_checkpoints_requeues_and_the_next_worker_resumes() -> Result<()> {
-    let mut cluster = Cluster::start("term").await?;
-    let first = cluster.worker(RESUME_ENV)?;
+    let mut cluster = WorkerTest::start("term").await?;
+    let first = cluster.start_worker(RESUME_ENV)?;
     let data = cluster.dataset(&examples(8)?).await?;
     let job = cluster.job(1, None, data, Budget::Epochs(40));
     cluster.publisher.publish_job(&job).await?;
@@ -574,7 +528,7 @@ async fn worker_sigterm_checkpoints_requeues_and_the_next_worker_resumes() -> Re
         "finished before SIGTERM: make the job longer"
     );
 
-    let second = cluster.worker(RESUME_ENV)?;
+    let second = cluster.start_worker(RESUME_ENV)?;
     let events = cluster
         .wait_final(job.id)
         .await
@@ -608,14 +562,14 @@ async fn worker_sigterm_checkpoints_requeues_and_the_next_worker_resumes() -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_mid_training_is_resumed_by_the_next() -> Result<()> {
-    let mut cluster = Cluster::start("kill").await?;
+    let mut cluster = WorkerTest::start("kill").await?;
     let data = cluster.dataset(&examples(8)?).await?;
     let job = cluster.job(1, None, data, Budget::Epochs(40));
     cluster.publisher.publish_job(&job).await?;
     let mut workers = Vec::new();
     // Kill at a few points: after the 2nd, then a later checkpoint of each new worker.
     for round in 0..2u32 {
-        let worker = cluster.worker(RESUME_ENV)?;
+        let worker = cluster.start_worker(RESUME_ENV)?;
         let seen = cluster
             .events_of(job.id)
             .iter()
@@ -639,7 +593,7 @@ async fn worker_killed_mid_training_is_resumed_by_the_next() -> Result<()> {
         worker.kill9()?;
         workers.push(worker);
     }
-    let last = cluster.worker(RESUME_ENV)?;
+    let last = cluster.start_worker(RESUME_ENV)?;
     let events = cluster
         .wait_final(job.id)
         .await

@@ -132,7 +132,7 @@ fn last_checkpoint(events: &[Event]) -> Option<f64> {
 
 /// Waits a moment for late events (a duplicate `succeeded` would come right after the first),
 /// then returns the job's events.
-async fn settle(cluster: &Cluster, job: JobId) -> Vec<Event> {
+async fn settle(cluster: &WorkerTest, job: JobId) -> Vec<Event> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.events_of(job)
 }
@@ -140,10 +140,17 @@ async fn settle(cluster: &Cluster, job: JobId) -> Vec<Event> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_rides_out_a_20s_s3_outage() -> Result<()> {
     let garage = PrivateGarage::start().await?;
-    let mut cluster = Cluster::start_with("s3down", garage.s3_config()?, None).await?;
+    let mut cluster = WorkerTest::start_with(
+        "s3down",
+        ClusterOptions {
+            s3: Some(garage.s3_config()?),
+            ..ClusterOptions::default()
+        },
+    )
+    .await?;
     // The test settings retry every ≤ 1 s; 60 tries ride out 20 s (plus Garage's restart) within
     // the job's attempt, with no requeue.
-    let worker = cluster.worker(&[EVERY_EPOCH, ("REFIT__WORKER__RETRY_ATTEMPTS", "60")])?;
+    let worker = cluster.start_worker(&[EVERY_EPOCH, ("REFIT__WORKER__RETRY_ATTEMPTS", "60")])?;
     let data = cluster.dataset(&examples(8)?).await?;
     let job = cluster.job(1, None, data, Budget::Epochs(120));
     cluster.publisher.publish_job(&job).await?;
@@ -256,8 +263,8 @@ async fn close_connections_of(prefix: &str, pid: u32) -> Result<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_reconnects_after_its_connection_is_force_closed() -> Result<()> {
-    let mut cluster = Cluster::start("reconnect").await?;
-    let worker = cluster.worker(&[EVERY_EPOCH])?;
+    let mut cluster = WorkerTest::start("reconnect").await?;
+    let worker = cluster.start_worker(&[EVERY_EPOCH])?;
     let data = cluster.dataset(&examples(8)?).await?;
     let job = cluster.job(1, None, data, Budget::Epochs(60));
     cluster.publisher.publish_job(&job).await?;
@@ -343,7 +350,14 @@ async fn worker_killed_at_ten_random_points_resumes_and_stores_one_version() -> 
     points.sort_by(|a, b| a.0.total_cmp(&b.0));
     // Eleven deliveries of one job: above the default delivery limit (5), which would
     // dead-letter it as a poison message, by design.
-    let mut cluster = Cluster::start_with("kill10", s3_config()?, Some(30)).await?;
+    let mut cluster = WorkerTest::start_with(
+        "kill10",
+        ClusterOptions {
+            delivery_limit: Some(30),
+            ..ClusterOptions::default()
+        },
+    )
+    .await?;
     let data = cluster.dataset(&examples(8)?).await?;
     let job = cluster.job(1, None, data, Budget::Epochs(KILL_EPOCHS));
     cluster.publisher.publish_job(&job).await?;
@@ -351,7 +365,7 @@ async fn worker_killed_at_ten_random_points_resumes_and_stores_one_version() -> 
     let started_at = Instant::now();
     for (round, &(epoch, jitter)) in points.iter().enumerate() {
         let id = format!("kill-{round}");
-        let worker = cluster.worker(&[EVERY_EPOCH, ("REFIT__WORKER__ID", &id)])?;
+        let worker = cluster.start_worker(&[EVERY_EPOCH, ("REFIT__WORKER__ID", &id)])?;
         // This attempt's `started`, then its progress up to the kill point's epoch (at once
         // when it resumed past it).
         let what = format!("round {round}: epoch {epoch:.1}");
@@ -385,7 +399,7 @@ async fn worker_killed_at_ten_random_points_resumes_and_stores_one_version() -> 
             started_at.elapsed()
         );
     }
-    let last = cluster.worker(&[EVERY_EPOCH, ("REFIT__WORKER__ID", "kill-last")])?;
+    let last = cluster.start_worker(&[EVERY_EPOCH, ("REFIT__WORKER__ID", "kill-last")])?;
     cluster
         .wait_final(job.id)
         .await
