@@ -19,7 +19,7 @@
 //! - `predict`: `refit predict`, intents and entities of texts from a stored version
 //! - `completions`: `refit completions SHELL`, the shell completion script
 //!
-//! Results go to stdout (through [`print_stdout`], so `refit … | head` is fine); progress,
+//! Results go to stdout (through `print_stdout`, so `refit … | head` is fine); progress,
 //! notes and errors go to stderr.
 
 mod check;

@@ -1,7 +1,7 @@
 //! The job store: one SQLite file (DESIGN §6) holding jobs, their events, workers and schedule
 //! runs. Migrations live in `coordinator/migrations/` and are applied at open.
 //!
-//! SQLite calls block, so every call runs on tokio's blocking pool through [`Store::call`]; one
+//! SQLite calls block, so every call runs on tokio's blocking pool through `Store::call`; one
 //! connection behind a mutex serialises writers, which is what makes version numbers unique per
 //! model and lets the outbox and the event consumer update jobs without races.
 //!

@@ -69,6 +69,8 @@
 //! - `diff`: [`LabelDiff`], the comparison of a base version with new data ([`LabelChanges`]
 //!   per kind of label, [`VocabGrowth`])
 //! - `render`: the report for people ([`DecisionReport::human`])
+//!
+//! [`LabelSet::of`]: crate::manifest::LabelSet::of
 
 mod diff;
 mod render;

@@ -403,7 +403,7 @@ impl Supervisor {
     }
 }
 
-/// Closes a channel and waits for the broker's answer (up to [`CLOSE_TIMEOUT`]); failures are
+/// Closes a channel and waits for the broker's answer (up to `CLOSE_TIMEOUT`); failures are
 /// only logged, at debug level. Close what is done with rather than dropping it: a dropped channel
 /// closes in the background, and at shutdown that close can cross the connection's own (lapin then
 /// logs a connection error).

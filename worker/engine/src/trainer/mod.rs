@@ -201,6 +201,8 @@ impl NluModel {
     /// targets: everything that does not depend on the parameters) are made on a second thread
     /// while ONNX Runtime runs the current step. They draw from the RNG in the same order either
     /// way, so both give the same model.
+    ///
+    /// [`RuntimeOptions::prepare_in_parallel`]: crate::runtime::RuntimeOptions::prepare_in_parallel
     pub fn train(
         &mut self,
         data: &TrainingData,

@@ -27,7 +27,7 @@ pub struct Progress {
 pub trait TrainObserver {
     /// After each step.
     fn progress(&mut self, _progress: &Progress) {}
-    /// Checked before each step: `true` stops the run (it returns [`EngineError::Cancelled`]).
+    /// Checked before each step: `true` stops the run (it returns [`EngineError::Cancelled`](crate::EngineError::Cancelled)).
     fn should_stop(&mut self) -> bool {
         false
     }
