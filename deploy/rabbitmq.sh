@@ -18,12 +18,39 @@
 #
 # It changes no other broker configuration.
 #
+#   deploy/rabbitmq.sh users
+#
+# Creates (or updates) the two least-privilege users a deployment should run with instead of an
+# administrator (see deploy/README.md, "Guarantees"), for the queue prefix REFIT_RABBITMQ_PREFIX:
+#
+#   coordinator  configure ^<P>\.   write ^(<P>\..*|amq\.default)$   read ^<P>\.
+#                (declares the topology and the coordinator lock, publishes jobs and dead
+#                letters, answers workers through the default exchange; tag `management` for
+#                the queue counts it reads from the management API)
+#   worker       configure ^amq\.gen-.*$ (its own server-named inbox)
+#                write     ^<P>\.events$ (events and presence only; topic permission on
+#                          <P>.events: routing keys job.* and worker.* only)
+#                read      ^(<P>\.jobs\.(?!dead$)[^.]+|amq\.gen-.*)$ (the job queues and inboxes)
+#
+# so a worker can neither publish a job, nor read the coordinator's queues or the dead letters,
+# nor send anything to another worker's inbox (it may not write to the default exchange; an inbox
+# is exclusive to its connection anyway). Passwords come from REFIT_RABBITMQ_COORDINATOR_PASSWORD
+# and REFIT_RABBITMQ_WORKER_PASSWORD, else from (or into, generated once, mode 600)
+# .refit-local/rabbitmq/<user>.password; they are passed to rabbitmqctl on stdin and never
+# printed. Prints the two users' AMQP URLs without passwords. Needs rabbitmqctl on this machine.
+#
 # Environment:
 #   REFIT_RABBITMQ_HOST             address to check (default 127.0.0.1)
 #   REFIT_RABBITMQ_PORT             AMQP port to check (default 5672)
 #   REFIT_RABBITMQ_MANAGEMENT_PORT  management HTTP port to check (default 15672)
 #   REFIT_RABBITMQ_MANAGEMENT       0 to leave the management plugin alone (default 1)
 #   REFIT_RABBITMQ_START_TIMEOUT    seconds to wait for a started broker or plugin (default 60)
+# For `users`:
+#   REFIT_RABBITMQ_PREFIX           the deployment's queue prefix, `queue.prefix` (default refit)
+#   REFIT_RABBITMQ_VHOST            the virtual host (default /)
+#   REFIT_RABBITMQ_COORDINATOR_USER (default <prefix>-coordinator)
+#   REFIT_RABBITMQ_WORKER_USER      (default <prefix>-worker)
+#   REFIT_RABBITMQ_COORDINATOR_PASSWORD, REFIT_RABBITMQ_WORKER_PASSWORD
 set -euo pipefail
 
 host="${REFIT_RABBITMQ_HOST:-127.0.0.1}"
@@ -93,6 +120,60 @@ ensure_management() {
 # The local node answers ping (only meaningful when RabbitMQ is installed here).
 node_answers() { as_root rabbitmq-diagnostics -q ping >/dev/null 2>&1; }
 
+# Escapes a name for a RabbitMQ permission regex (dots and the other metacharacters).
+regex_escape() { sed 's/[][\.^$*+?(){}|/]/\\&/g' <<<"$1"; }
+
+# A user's password: from the environment, else from its file (generated once, mode 600).
+password_for() {
+  local user="$1" given="$2" dir="$repo_dir/.refit-local/rabbitmq"
+  if [[ -n "$given" ]]; then
+    printf '%s' "$given"
+    return
+  fi
+  local file="$dir/$user.password"
+  if [[ ! -s "$file" ]]; then
+    mkdir -p "$dir"
+    (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$file")
+    say "generated a password for $user in $file"
+  fi
+  cat "$file"
+}
+
+# Creates the user, or sets its password (read from stdin by rabbitmqctl, never on argv).
+put_user() {
+  local user="$1" password="$2"
+  if as_root rabbitmqctl -q list_users | awk '{print $1}' | grep -qxF "$user"; then
+    printf '%s\n' "$password" | as_root rabbitmqctl -q change_password "$user" >/dev/null
+  else
+    printf '%s\n' "$password" | as_root rabbitmqctl -q add_user "$user" >/dev/null
+  fi
+}
+
+create_users() {
+  command -v rabbitmqctl >/dev/null ||
+    die "users: rabbitmqctl is not installed here; create the users on the broker's node (see deploy/README.md)"
+  local prefix="${REFIT_RABBITMQ_PREFIX:-refit}" vhost="${REFIT_RABBITMQ_VHOST:-/}"
+  local coordinator="${REFIT_RABBITMQ_COORDINATOR_USER:-$prefix-coordinator}"
+  local worker="${REFIT_RABBITMQ_WORKER_USER:-$prefix-worker}"
+  [[ "$prefix" =~ ^[A-Za-z0-9_-][A-Za-z0-9_.-]*$ ]] || die "users: invalid prefix: $prefix"
+  local p
+  p="$(regex_escape "$prefix")"
+  put_user "$coordinator" "$(password_for "$coordinator" "${REFIT_RABBITMQ_COORDINATOR_PASSWORD:-}")"
+  as_root rabbitmqctl -q set_user_tags "$coordinator" management >/dev/null
+  as_root rabbitmqctl -q set_permissions -p "$vhost" "$coordinator" \
+    "^$p\\." "^($p\\..*|amq\\.default)\$" "^$p\\." >/dev/null
+  put_user "$worker" "$(password_for "$worker" "${REFIT_RABBITMQ_WORKER_PASSWORD:-}")"
+  as_root rabbitmqctl -q set_user_tags "$worker" >/dev/null
+  as_root rabbitmqctl -q set_permissions -p "$vhost" "$worker" \
+    '^amq\.gen-.*$' "^$p\\.events\$" "^($p\\.jobs\\.(?!dead\$)[^.]+|amq\\.gen-.*)\$" >/dev/null
+  as_root rabbitmqctl -q set_topic_permissions -p "$vhost" "$worker" "$prefix.events" \
+    '^(job|worker)\.' '^$' >/dev/null
+  local path="${vhost//\//%2f}"
+  say "users for queue prefix $prefix on vhost $vhost: $coordinator (coordinator), $worker (worker)"
+  echo "REFIT_COORDINATOR_AMQP_URL=amqp://$coordinator@$host:$port/$path"
+  echo "REFIT_WORKER_AMQP_URL=amqp://$worker@$host:$port/$path"
+}
+
 ready() {
   amqp_answers || return 1
   if have_diagnostics && [[ "$host" == 127.0.0.1 || "$host" == localhost ]]; then
@@ -111,6 +192,17 @@ report() {
     say "management API: http://$host:$management_port/"
   fi
 }
+
+repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+case "${1:-}" in
+  "") ;;
+  users)
+    ready || die "users: RabbitMQ does not answer on $host:$port; run deploy/rabbitmq.sh first"
+    create_users
+    exit 0
+    ;;
+  *) die "unknown argument: $1 (usage: deploy/rabbitmq.sh [users])" ;;
+esac
 
 if ready; then
   ensure_management

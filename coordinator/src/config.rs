@@ -95,6 +95,14 @@ pub struct CoordinatorSettings {
     /// A running job whose heartbeats stop for this long is shown as `stalled`, and a worker as
     /// `lost`. Default 60.
     pub stall_after_secs: u64,
+    /// How long a job's lease lasts without an event from the attempt holding it (workers send
+    /// a heartbeat every `worker.heartbeat_secs`, 5 by default: keep this several times that).
+    /// When it lapses the attempt counts as crashed and the job is queued again. Default 60.
+    pub lease_secs: u64,
+    /// Attempts of a job that may crash (their lease lapsed), fail transiently or upload a
+    /// version that cannot be committed; the next one makes the job `dead`. Hand-backs of
+    /// workers shutting down do not count. Default 5.
+    pub max_failures: u32,
     /// Epochs of a scratch run when the caller names none. Default 100.
     pub default_epochs: u32,
     /// A fine-tune's share of the base version's epochs when the caller names none. Default 0.3.
@@ -124,6 +132,8 @@ impl Default for CoordinatorSettings {
             metrics_token_file: None,
             database: PathBuf::from(".refit-local/coordinator.db"),
             stall_after_secs: 60,
+            lease_secs: 60,
+            max_failures: 5,
             default_epochs: 100,
             default_epoch_fraction: 0.3,
             max_dataset_bytes: 64 << 20,
@@ -145,6 +155,8 @@ impl fmt::Debug for CoordinatorSettings {
             .field("metrics_token_file", &self.metrics_token_file)
             .field("database", &self.database)
             .field("stall_after_secs", &self.stall_after_secs)
+            .field("lease_secs", &self.lease_secs)
+            .field("max_failures", &self.max_failures)
             .field("default_epochs", &self.default_epochs)
             .field("default_epoch_fraction", &self.default_epoch_fraction)
             .field("max_dataset_bytes", &self.max_dataset_bytes)
@@ -260,6 +272,12 @@ impl CoordinatorConfig {
                 "must be at least 1".into(),
             ));
         }
+        if c.lease_secs < 2 || c.max_failures == 0 {
+            return Err(invalid(
+                "coordinator",
+                "lease_secs must be at least 2 and max_failures at least 1".into(),
+            ));
+        }
         if c.stall_after_secs == 0 || c.outbox_interval_ms == 0 || c.scheduler_tick_secs == 0 {
             return Err(invalid(
                 "coordinator",
@@ -304,6 +322,14 @@ impl CoordinatorConfig {
             }
         }
         Ok(())
+    }
+
+    /// The lease rules' settings.
+    pub fn lease_settings(&self) -> crate::store::LeaseSettings {
+        crate::store::LeaseSettings {
+            lease_secs: self.coordinator.lease_secs,
+            max_failures: self.coordinator.max_failures,
+        }
     }
 
     /// The API token, read from `token` or `token_file`.

@@ -302,6 +302,8 @@ fn full_job() -> JobView {
         pool: "default".into(),
         dataset: dataset(),
         attempts: 1,
+        failures: 1,
+        handbacks: 1,
         published: true,
         worker: Some("w-1".into()),
         progress: Some(ProgressView {
@@ -329,7 +331,9 @@ fn full_job() -> JobView {
         events: vec![EventView {
             seq: 1,
             at: Utc::now(),
+            received_at: Utc::now(),
             attempt: 1,
+            attempt_id: Some("0190f5c2-0000-4000-8000-000000000002".into()),
             worker: "w-1".into(),
             kind: "started".into(),
             body: json!({"total_epochs": 30.0}),

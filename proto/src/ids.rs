@@ -53,12 +53,57 @@ impl FromStr for JobId {
     }
 }
 
+/// One attempt at a job: a random UUID (v4) a worker draws for each delivery it takes. It names
+/// the attempt's files (`models/<m>/v<N>/<attempt>/…`, `jobs/<job>/attempts/<attempt>/…`) and,
+/// with the lease's fencing token, tells the coordinator which attempt an event comes from.
+/// Random, so another process cannot guess it from the job's id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AttemptId(Uuid);
+
+impl AttemptId {
+    /// A new, random id.
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    /// The id of an existing UUID.
+    pub fn from_uuid(uuid: Uuid) -> Self {
+        Self(uuid)
+    }
+}
+
+impl Default for AttemptId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for AttemptId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for AttemptId {
+    type Err = IdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s)
+            .map(Self)
+            .map_err(|_| IdError::AttemptId(s.chars().take(64).collect()))
+    }
+}
+
 /// Why a string is not a valid id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
     /// Not a UUID.
     #[error("invalid job id {0:?}: expected a UUID")]
     JobId(String),
+    /// Not a UUID.
+    #[error("invalid attempt id {0:?}: expected a UUID")]
+    AttemptId(String),
     /// Not a valid model name.
     #[error(
         "invalid model name {0:?}: use 1-64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"

@@ -3,14 +3,20 @@
 //!
 //! ```text
 //! datasets/sha256/<hex>.<ext>
-//! models/<name>/v<NNNNNN>/{manifest.json, checkpoint.safetensors, model.onnx, vocab.json}
+//! models/<name>/v<NNNNNN>/job.json                         the job that took the number
+//! models/<name>/v<NNNNNN>/<attempt>/{checkpoint.safetensors, model.onnx, vocab.json, manifest.json}
+//! models/<name>/v<NNNNNN>/manifest.json                    the version (written last)
 //! models/<name>/aliases/<alias>
-//! jobs/<job id>/resume/<file>
+//! jobs/<job id>/attempts/<attempt>/resume/<file>
 //! ```
+//!
+//! A version's manifest names its files by path within the version's folder: an attempt's
+//! folder for versions the coordinator commits, the folder itself for `refit demo`'s (and older)
+//! versions, which hold the files directly.
 
 use sha2::{Digest, Sha256};
 
-use crate::ids::{Alias, JobId, ModelName, Version};
+use crate::ids::{Alias, AttemptId, JobId, ModelName, Version};
 
 /// The manifest's file name; written last, it marks a version complete.
 pub const MANIFEST: &str = "manifest.json";
@@ -20,6 +26,8 @@ pub const CHECKPOINT: &str = "checkpoint.safetensors";
 pub const MODEL_ONNX: &str = "model.onnx";
 /// The vocabulary's file name.
 pub const VOCAB: &str = "vocab.json";
+/// The reservation's file name: the job that took a version number.
+pub const RESERVATION: &str = "job.json";
 
 /// `models/`: every stored model.
 pub const MODELS_PREFIX: &str = "models/";
@@ -86,6 +94,46 @@ pub fn manifest(model: &ModelName, version: Version) -> String {
     format!("{}{MANIFEST}", version_prefix(model, version))
 }
 
+/// `models/<name>/v<NNNNNN>/job.json`: the job that took the version number.
+pub fn reservation(model: &ModelName, version: Version) -> String {
+    format!("{}{RESERVATION}", version_prefix(model, version))
+}
+
+/// `models/<name>/v<NNNNNN>/<attempt>/`: what one attempt uploaded for the version.
+pub fn attempt_prefix(model: &ModelName, version: Version, attempt: AttemptId) -> String {
+    format!("{}{attempt}/", version_prefix(model, version))
+}
+
+/// `models/<name>/v<NNNNNN>/<attempt>/<file>`.
+pub fn attempt_file(
+    model: &ModelName,
+    version: Version,
+    attempt: AttemptId,
+    file: &str,
+) -> Result<String, KeyError> {
+    check_file_name(file)?;
+    Ok(format!("{}{file}", attempt_prefix(model, version, attempt)))
+}
+
+/// A file's path within its version's folder, as a manifest lists it: `<attempt>/<file>`.
+pub fn attempt_path(attempt: AttemptId, file: &str) -> String {
+    format!("{attempt}/{file}")
+}
+
+/// The key of a file a manifest lists at `path` (see [`attempt_path`]); `None` for a path that
+/// could leave the version's folder (only `<file>` and `<attempt id>/<file>` are valid).
+pub fn version_path(model: &ModelName, version: Version, path: &str) -> Option<String> {
+    let valid = match path.split_once('/') {
+        None => check_file_name(path).is_ok(),
+        Some((attempt, file)) => {
+            attempt.parse::<AttemptId>().is_ok()
+                && attempt == attempt.to_ascii_lowercase()
+                && check_file_name(file).is_ok()
+        }
+    };
+    valid.then(|| format!("{}{path}", version_prefix(model, version)))
+}
+
 /// `models/<name>/aliases/`: a model's aliases.
 pub fn aliases_prefix(model: &ModelName) -> String {
     format!("models/{model}/aliases/")
@@ -96,15 +144,20 @@ pub fn alias(model: &ModelName, alias: &Alias) -> String {
     format!("{}{alias}", aliases_prefix(model))
 }
 
-/// `jobs/<job id>/resume/`: an in-flight job's resume checkpoint.
-pub fn resume_prefix(job: JobId) -> String {
-    format!("jobs/{job}/resume/")
+/// `jobs/<job id>/`: everything an in-flight job keeps (deleted when it ends).
+pub fn job_prefix(job: JobId) -> String {
+    format!("jobs/{job}/")
 }
 
-/// `jobs/<job id>/resume/<file>`.
-pub fn resume_file(job: JobId, file: &str) -> Result<String, KeyError> {
+/// `jobs/<job id>/attempts/<attempt>/resume/`: an attempt's resume checkpoints.
+pub fn resume_prefix(job: JobId, attempt: AttemptId) -> String {
+    format!("{}attempts/{attempt}/resume/", job_prefix(job))
+}
+
+/// `jobs/<job id>/attempts/<attempt>/resume/<file>`.
+pub fn resume_file(job: JobId, attempt: AttemptId, file: &str) -> Result<String, KeyError> {
     check_file_name(file)?;
-    Ok(format!("{}{file}", resume_prefix(job)))
+    Ok(format!("{}{file}", resume_prefix(job, attempt)))
 }
 
 /// Parses the version out of a key under `models/<name>/`, e.g.
@@ -187,10 +240,42 @@ mod tests {
             format!("datasets/sha256/{hex}.yml")
         );
         let job = JobId::new();
+        let attempt = AttemptId::new();
         assert_eq!(
-            resume_file(job, "state.safetensors").unwrap(),
-            format!("jobs/{job}/resume/state.safetensors")
+            resume_file(job, attempt, "state.safetensors").unwrap(),
+            format!("jobs/{job}/attempts/{attempt}/resume/state.safetensors")
         );
+        assert_eq!(reservation(&fin(), v), "models/financial/v000042/job.json");
+        assert_eq!(
+            attempt_file(&fin(), v, attempt, VOCAB).unwrap(),
+            format!("models/financial/v000042/{attempt}/vocab.json")
+        );
+    }
+
+    #[test]
+    fn manifest_paths_stay_in_the_version_folder() {
+        let v = Version::new(7).unwrap();
+        let attempt = AttemptId::new();
+        assert_eq!(
+            version_path(&fin(), v, VOCAB).as_deref(),
+            Some("models/financial/v000007/vocab.json")
+        );
+        let path = attempt_path(attempt, CHECKPOINT);
+        assert_eq!(
+            version_path(&fin(), v, &path),
+            Some(format!("models/financial/v000007/{path}"))
+        );
+        for bad in [
+            "../v000001/vocab.json",
+            "a/b/c",
+            "x/vocab.json",
+            "",
+            "/vocab.json",
+            &format!("{attempt}/../x"),
+            &format!("{}/vocab.json", attempt.to_string().to_uppercase()),
+        ] {
+            assert_eq!(version_path(&fin(), v, bad), None, "{bad:?}");
+        }
     }
 
     #[test]

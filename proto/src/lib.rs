@@ -8,9 +8,11 @@
 //! - [`ids`]: ID newtypes ([`JobId`], [`WorkerId`], [`ModelName`], [`Version`], [`Alias`]),
 //!   validated so that no path tricks reach an object key
 //! - [`job`]: the job message ([`JobSpec`])
-//! - [`event`]: worker events ([`Event`]) and control messages ([`Control`])
+//! - [`event`]: worker events ([`Event`]) and the coordinator's messages to a worker
+//!   ([`Control`]), the lease protocol between them
 //! - [`envelope`]: the versioned msgpack envelope and its typed [`DecodeError`]
 //! - [`manifest`]: a stored version's [`Manifest`], its [`LabelSet`] and architecture fingerprint
+//! - [`reservation`]: [`reservation::Reservation`], the job that took a version number
 //! - [`keys`]: the object-store key layout and content addressing ([`keys::sha256_hex`])
 //! - [`data`]: training data (Rasa YAML NLU, JSONL) parsing
 //! - [`tokens`]: the one tokenizer (word tokens with their character spans)
@@ -27,13 +29,16 @@ pub mod ids;
 pub mod job;
 pub mod keys;
 pub mod manifest;
+pub mod reservation;
 pub mod tokens;
 pub mod vocab;
 pub mod wire;
 
 pub use envelope::{DecodeError, Message, decode, encode};
-pub use event::{Control, ErrorKind, Event, EventKind, WorkerState, WorkerStatus};
-pub use ids::{Alias, IdError, JobId, ModelName, Version, WorkerId};
+pub use event::{
+    Control, ErrorKind, Event, EventKind, FileRef, ResumePoint, WorkerState, WorkerStatus,
+};
+pub use ids::{Alias, AttemptId, IdError, JobId, ModelName, Version, WorkerId};
 pub use job::{Budget, DatasetRef, Hyperparams, JobSpec, Mode};
 pub use manifest::{ArchSpec, FeaturizerSpec, LabelSet, Manifest, Metrics};
 

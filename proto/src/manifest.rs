@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::data::TrainingData;
-use crate::ids::{ModelName, Version};
+use crate::ids::{AttemptId, JobId, ModelName, Version};
 use crate::job::Mode;
 
 /// The manifest format this build writes.
@@ -243,6 +243,11 @@ pub struct FileEntry {
     pub sha256: String,
     /// Size in bytes.
     pub size: u64,
+    /// Where the file is, relative to the version's folder: `<attempt id>/<name>` for a version
+    /// the coordinator committed from an attempt's upload. Absent: the file's name, directly in
+    /// the version's folder (versions written by `refit demo` and before leases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// A stored model version. Serialised as pretty JSON.
@@ -287,6 +292,13 @@ pub struct Manifest {
     pub refit_version: String,
     /// When it was written.
     pub created_at: DateTime<Utc>,
+    /// The job that trained it (absent for versions not trained by a job: `refit demo`, older
+    /// ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<JobId>,
+    /// The attempt whose files it is (see [`FileEntry::path`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_id: Option<AttemptId>,
 }
 
 impl Manifest {
@@ -322,6 +334,8 @@ impl Manifest {
             files: BTreeMap::new(),
             refit_version: crate::REFIT_VERSION.to_owned(),
             created_at: Utc::now(),
+            job_id: None,
+            attempt_id: None,
         }
     }
 
@@ -357,6 +371,7 @@ impl VersionFiles {
                 let entry = FileEntry {
                     sha256: crate::keys::sha256_hex(bytes),
                     size: bytes.len() as u64,
+                    path: None,
                 };
                 ((*name).to_owned(), entry)
             })

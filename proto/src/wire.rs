@@ -176,13 +176,21 @@ pub struct ProgressView {
 pub struct EventView {
     /// Order of arrival at the coordinator.
     pub seq: i64,
-    /// When the worker sent it.
+    /// When the worker sent it (by the worker's clock).
     pub at: DateTime<Utc>,
+    /// When the coordinator received it (by its own clock: what leases and stall detection use).
+    #[serde(default = "epoch")]
+    pub received_at: DateTime<Utc>,
     /// Which delivery of the job it is about.
     pub attempt: u32,
-    /// The worker that sent it.
+    /// The attempt (one worker's run of the job) that sent it; `None` for the coordinator's
+    /// own events (`lease_lapsed`).
+    #[serde(default)]
+    pub attempt_id: Option<String>,
+    /// The worker that sent it (`coordinator` for the coordinator's own events).
     pub worker: String,
-    /// `started`, `progress`, `heartbeat`, `checkpointed`, `succeeded`, `failed`, `cancelled`.
+    /// `claim`, `started`, `progress`, `heartbeat`, `checkpointed`, `succeeded`, `failed`,
+    /// `cancelled`, `released`, or the coordinator's `lease_lapsed`.
     #[serde(rename = "type")]
     pub kind: String,
     /// The event's fields, as the worker sent them.
@@ -212,6 +220,13 @@ pub struct JobView {
     pub dataset: DatasetBody,
     /// Deliveries to a worker so far.
     pub attempts: u32,
+    /// Attempts that crashed, were cut off (their lease lapsed) or failed transiently; at
+    /// `coordinator.max_failures` the job is dead.
+    #[serde(default)]
+    pub failures: u32,
+    /// Attempts handed back by a worker that shut down (they do not count as failures).
+    #[serde(default)]
+    pub handbacks: u32,
     /// Whether the job message has been published (and confirmed) to the broker.
     pub published: bool,
     /// The worker running (or that last ran) it.
@@ -418,4 +433,9 @@ pub struct ErrorDetail {
     /// More, for some codes (`rejected`: the decision report).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<serde_json::Value>,
+}
+
+/// The Unix epoch: what an event recorded before `received_at` existed shows.
+fn epoch() -> DateTime<Utc> {
+    DateTime::<Utc>::UNIX_EPOCH
 }

@@ -10,9 +10,11 @@ use std::path::PathBuf;
 
 use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
+use refit_proto::manifest::FileEntry;
 use refit_proto::{
-    Budget, Control, DatasetRef, DecodeError, ErrorKind, Event, EventKind, Hyperparams, JobId,
-    JobSpec, Message, Metrics, Mode, ModelName, Version, WorkerId, decode, encode,
+    AttemptId, Budget, Control, DatasetRef, DecodeError, ErrorKind, Event, EventKind, FileRef,
+    Hyperparams, JobId, JobSpec, Message, Metrics, Mode, ModelName, ResumePoint, Version, WorkerId,
+    decode, encode,
 };
 use uuid::Uuid;
 
@@ -55,6 +57,45 @@ fn event(kind: EventKind) -> Event {
         worker_id: WorkerId::new("worker-a-1").unwrap(),
         at: Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 5).unwrap(),
         kind,
+        attempt_id: None,
+        fence: None,
+    }
+}
+
+fn attempt_id() -> AttemptId {
+    AttemptId::from_uuid(Uuid::parse_str("5f0c1c9e-3a4b-4c2d-8e1f-0a1b2c3d4e5f").unwrap())
+}
+
+/// An event of an attempt holding a lease (fields added with leases).
+fn leased(kind: EventKind) -> Event {
+    Event {
+        attempt_id: Some(attempt_id()),
+        fence: Some(3),
+        ..event(kind)
+    }
+}
+
+fn resume_point() -> ResumePoint {
+    ResumePoint {
+        attempt_id: attempt_id(),
+        epochs_done: 10,
+        step: 600,
+        checkpoint: FileRef {
+            key: format!(
+                "jobs/{}/attempts/{}/resume/checkpoint.safetensors",
+                job_id(),
+                attempt_id()
+            ),
+            sha256: "ef".repeat(32),
+        },
+        vocab: FileRef {
+            key: format!(
+                "jobs/{}/attempts/{}/resume/vocab.json",
+                job_id(),
+                attempt_id()
+            ),
+            sha256: "01".repeat(32),
+        },
     }
 }
 
@@ -89,6 +130,7 @@ fn sample_events() -> Vec<(&'static str, Event)> {
             event(EventKind::Checkpointed {
                 epoch: 10.0,
                 step: 600,
+                resume: None,
             }),
         ),
         (
@@ -105,6 +147,7 @@ fn sample_events() -> Vec<(&'static str, Event)> {
                     examples: 115,
                 }),
                 timings: BTreeMap::from([("train".to_owned(), 3.25), ("upload".to_owned(), 0.5)]),
+                files: BTreeMap::new(),
             }),
         ),
         (
@@ -115,6 +158,70 @@ fn sample_events() -> Vec<(&'static str, Event)> {
             }),
         ),
         ("event_cancelled", event(EventKind::Cancelled)),
+        // With leases (samples added then; the ones above must still decode without the fields).
+        ("event_claim", event(EventKind::Claim)),
+        (
+            "event_released",
+            leased(EventKind::Released {
+                reason: "the worker is shutting down".into(),
+            }),
+        ),
+        (
+            "event_checkpointed_leased",
+            leased(EventKind::Checkpointed {
+                epoch: 10.0,
+                step: 600,
+                resume: Some(resume_point()),
+            }),
+        ),
+        (
+            "event_succeeded_leased",
+            leased(EventKind::Succeeded {
+                version: Version::new(2).unwrap(),
+                metrics: None,
+                timings: BTreeMap::new(),
+                files: BTreeMap::from([(
+                    "model.onnx".to_owned(),
+                    FileEntry {
+                        sha256: "aa".repeat(32),
+                        size: 1234,
+                        path: None,
+                    },
+                )]),
+            }),
+        ),
+    ]
+}
+
+fn sample_controls() -> Vec<(&'static str, Control)> {
+    vec![
+        ("control_cancel", Control::Cancel { job_id: job_id() }),
+        (
+            "control_granted",
+            Control::Granted {
+                job_id: job_id(),
+                attempt_id: attempt_id(),
+                fence: 3,
+                lease_secs: 60,
+                resume: Some(resume_point()),
+            },
+        ),
+        (
+            "control_refused",
+            Control::Refused {
+                job_id: job_id(),
+                attempt_id: attempt_id(),
+                reason: "another attempt holds the job".into(),
+            },
+        ),
+        (
+            "control_revoked",
+            Control::Revoked {
+                job_id: job_id(),
+                attempt_id: attempt_id(),
+                reason: "the lease expired".into(),
+            },
+        ),
     ]
 }
 
@@ -152,7 +259,9 @@ fn golden_samples_still_decode() {
     for (name, event) in sample_events() {
         check_golden(name, &event);
     }
-    check_golden("control_cancel", &Control::Cancel { job_id: job_id() });
+    for (name, control) in sample_controls() {
+        check_golden(name, &control);
+    }
 }
 
 #[test]

@@ -18,8 +18,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use refit_io::queue::{Broker, Consumer, Delivery, Publisher, QueueConfig, QueueError};
 use refit_proto::{
-    Control, DatasetRef, Event, EventKind, Hyperparams, JobId, JobSpec, Message, Mode, ModelName,
-    Version, WorkerId, WorkerState, WorkerStatus,
+    AttemptId, Control, DatasetRef, Event, EventKind, Hyperparams, JobId, JobSpec, Message, Mode,
+    ModelName, Version, WorkerId, WorkerState, WorkerStatus,
 };
 
 use crate::common::wait::{Waiting, done_if, wait_until};
@@ -113,7 +113,6 @@ impl Drop for TestBroker {
             topology.jobs_exchange(),
             topology.dead_letter_exchange(),
             topology.events_exchange(),
-            topology.control_exchange(),
         ];
         let url = self.config.url.clone();
         let cleanup = std::thread::spawn(move || {
@@ -421,7 +420,7 @@ async fn unroutable_job_is_an_error_not_a_silent_loss() -> Result<()> {
 }
 
 #[tokio::test]
-async fn events_reach_the_coordinator_queue_and_control_reaches_workers() -> Result<()> {
+async fn events_reach_the_coordinator_and_its_answers_reach_one_inbox() -> Result<()> {
     let test = TestBroker::declared(test_config()).await?;
     let topology = test.broker.topology();
     let publisher = Publisher::new(&test.broker).await?;
@@ -435,6 +434,8 @@ async fn events_reach_the_coordinator_queue_and_control_reaches_workers() -> Res
             phase: "train".into(),
             checkpoint_age_secs: None,
         },
+        attempt_id: Some(AttemptId::new()),
+        fence: Some(1),
     };
     // Before the coordinator declared its queue, nobody takes events: an error.
     let error = publisher
@@ -445,22 +446,59 @@ async fn events_reach_the_coordinator_queue_and_control_reaches_workers() -> Res
 
     let mut events = Consumer::events(&test.broker, 8).await?;
     assert_eq!(events.queue(), topology.coordinator_events_queue());
-    publisher.publish_event(&event).await?;
-    receive(
-        &mut events,
-        &format!("job.{}.heartbeat", event.job_id),
-        &event,
-    )
-    .await?;
+    // The events queue is consumed under the coordinator lock: a second coordinator (another
+    // connection) is refused and stands by; its own connection may subscribe again.
+    let standby = Broker::connect(test.broker.config()).await?;
+    let second = Consumer::events(&standby, 8).await;
+    assert!(
+        second.as_ref().is_err_and(QueueError::is_locked),
+        "a second coordinator consumed the events queue: {second:?}"
+    );
+    let dead = Consumer::dead_letters(&standby).await;
+    assert!(dead.as_ref().is_err_and(QueueError::is_locked), "{dead:?}");
+    Consumer::dead_letters(&test.broker).await?.close().await;
 
-    let mut control = Consumer::control(&test.broker).await?;
-    let cancel = Control::Cancel {
-        job_id: JobId::new(),
-    };
-    publisher.publish_control(&cancel).await?;
-    let delivery = next(&mut control).await?;
-    assert_eq!(delivery.decode::<Control>()?, cancel);
+    // A worker's inbox: the event names it as reply_to, the answer reaches it and nobody else.
+    let (mut inbox, name) = Consumer::inbox(&test.broker).await?;
+    let (mut other, _) = Consumer::inbox(&test.broker).await?;
+    let inbox_name = name.borrow().clone();
+    assert!(inbox_name.starts_with("amq.gen-"), "{inbox_name}");
+    publisher
+        .publish_event_replying(&event, Some(&inbox_name))
+        .await?;
+    let delivery = next(&mut events).await?;
+    assert_eq!(
+        delivery.routing_key(),
+        format!("job.{}.heartbeat", event.job_id)
+    );
+    assert_eq!(delivery.decode::<Event>()?, event);
+    let reply_to = delivery.reply_to().map(str::to_owned);
     delivery.ack().await?;
+    assert_eq!(reply_to.as_deref(), Some(inbox_name.as_str()));
+
+    let revoked = Control::Revoked {
+        job_id: event.job_id,
+        attempt_id: event.attempt_id.expect("set above"),
+        reason: "test".into(),
+    };
+    publisher.send_control(&inbox_name, &revoked).await?;
+    let delivery = next(&mut inbox).await?;
+    assert_eq!(delivery.decode::<Control>()?, revoked);
+    delivery.ack().await?;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), other.next())
+            .await
+            .is_err(),
+        "another inbox got the message"
+    );
+    // An inbox that is gone (its connection closed) is no error: nobody is there to tell.
+    publisher
+        .send_control("amq.gen-no-such-queue", &revoked)
+        .await?;
+    inbox.close().await;
+    other.close().await;
+    events.close().await;
+    standby.close().await;
     Ok(())
 }
 
@@ -485,6 +523,8 @@ async fn worker_presence_reaches_the_events_queue_and_expires_unread() -> Result
         worker_id: WorkerId::new("test-worker")?,
         at: Utc::now(),
         kind: EventKind::Cancelled,
+        attempt_id: None,
+        fence: None,
     };
     // Unread for longer than its TTL: gone. The event after it stays.
     publisher

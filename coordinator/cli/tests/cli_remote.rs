@@ -226,6 +226,8 @@ fn job(id: &str, model: &str, state: JobState) -> JobView {
             sha256: "a".repeat(64),
         },
         attempts: u32::from(state != JobState::Queued),
+        failures: 0,
+        handbacks: 0,
         published: true,
         worker: (state != JobState::Queued).then(|| "worker-1".into()),
         progress: None,
@@ -264,7 +266,9 @@ fn event(seq: i64, kind: &str, body: Value) -> EventView {
     EventView {
         seq,
         at: Utc::now(),
+        received_at: Utc::now(),
         attempt: 1,
+        attempt_id: Some("0190f5c2-0000-4000-8000-000000000001".into()),
         worker: "worker-1".into(),
         kind: kind.into(),
         body,

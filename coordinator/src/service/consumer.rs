@@ -1,15 +1,18 @@
-//! Consuming what the workers report: events on `<prefix>.events.coordinator`, dead-lettered jobs
-//! on `<prefix>.jobs.dead.coordinator`, and a sweep that marks silent running jobs `stalled`.
+//! Consuming what the workers report: events on `<prefix>.events.coordinator` (claims answered,
+//! the lease holders' events recorded, the rest dropped and counted; see `store::events`), dead-
+//! lettered jobs on `<prefix>.jobs.dead.coordinator`, and a sweep that marks silent running jobs
+//! `stalled`. Both queues are consumed exclusively: holding the events queue is what makes this
+//! coordinator the active one (`super` module docs).
 
 use std::time::Duration;
 
 use chrono::Utc;
-use refit_io::queue::{Consumer, Delivery, QueueError};
+use refit_io::queue::{Consumer, Delivery, Publisher, QueueError};
 use refit_proto::{DecodeError, Event, JobSpec, Message, WorkerStatus};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::App;
+use super::{App, lifecycle};
 
 /// Events taken at once.
 const PREFETCH: u16 = 64;
@@ -17,10 +20,14 @@ const PREFETCH: u16 = 64;
 /// How long to wait before retrying after the job store failed.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
+/// How often a standby coordinator tries to take the events queue over.
+const STANDBY_RETRY: Duration = Duration::from_secs(5);
+
 type Subscribe =
     for<'a> fn(&'a App) -> futures::future::BoxFuture<'a, Result<Consumer, QueueError>>;
 
-/// Subscribes with `subscribe`, retrying while the broker is away, until `shutdown`.
+/// Subscribes with `subscribe`, retrying while the broker is away or another coordinator
+/// consumes the queue, until `shutdown`.
 async fn subscribe(
     app: &App,
     what: &str,
@@ -28,11 +35,28 @@ async fn subscribe(
     subscribe: Subscribe,
 ) -> Option<Consumer> {
     let mut delay = Duration::from_millis(200);
+    let mut standing_by = false;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return None,
             result = subscribe(app) => match result {
-                Ok(consumer) => return Some(consumer),
+                Ok(consumer) => {
+                    if standing_by {
+                        info!(queue = what, "took over the queue: this coordinator is now active");
+                    }
+                    return Some(consumer);
+                }
+                Err(error) if error.is_locked() => {
+                    if !standing_by {
+                        info!(
+                            %error,
+                            queue = what,
+                            "another coordinator is active: standing by"
+                        );
+                        standing_by = true;
+                    }
+                    delay = STANDBY_RETRY;
+                }
                 Err(error) if error.is_transient() => {
                     warn!(%error, queue = what, retry_in = ?delay, "cannot subscribe; retrying");
                 }
@@ -46,38 +70,90 @@ async fn subscribe(
             () = shutdown.cancelled() => return None,
             () = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
+        if !standing_by {
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
     }
 }
 
-/// Records every worker event until `shutdown`.
+/// Records every worker event until `shutdown`. Holding the events queue makes this coordinator
+/// active: first it recovers jobs its store lost from their reservations.
 pub(super) async fn run_events(app: App, shutdown: CancellationToken) {
-    let Some(mut consumer) = subscribe(&app, "events", &shutdown, |app| {
-        Box::pin(Consumer::events(&app.broker, PREFETCH))
-    })
-    .await
-    else {
-        return;
-    };
+    let mut replies: Option<Publisher> = None;
+    // Each pass: stand by until this coordinator holds the events queue, become active, record
+    // events until shutdown or until another coordinator holds the queue after a reconnect.
     loop {
-        let delivery = tokio::select! {
-            () = shutdown.cancelled() => break,
-            next = consumer.next() => next,
+        let Some(mut consumer) = subscribe(&app, "events", &shutdown, |app| {
+            Box::pin(Consumer::events(&app.broker, PREFETCH))
+        })
+        .await
+        else {
+            break;
         };
-        match delivery {
-            Some(Ok(delivery)) => handle_event(&app, delivery, &shutdown).await,
-            Some(Err(error)) => {
-                warn!(%error, "events consumer failed");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+        activate(&app).await;
+        let lost = loop {
+            let delivery = tokio::select! {
+                () = shutdown.cancelled() => break false,
+                next = consumer.next() => next,
+            };
+            match delivery {
+                Some(Ok(delivery)) => {
+                    handle_event(&app, &mut replies, delivery, &shutdown).await;
+                }
+                Some(Err(error)) if error.is_locked() => {
+                    warn!(
+                        %error,
+                        "another coordinator took the events queue while this one reconnected: \
+                         standing by"
+                    );
+                    break true;
+                }
+                Some(Err(error)) => {
+                    warn!(%error, "events consumer failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                None => break false,
             }
-            None => break,
+        };
+        app.set_active(false);
+        consumer.close().await;
+        if !lost {
+            break;
         }
     }
-    consumer.close().await;
+    if let Some(publisher) = replies {
+        publisher.close().await;
+    }
     debug!("events consumer stopped");
 }
 
-async fn handle_event(app: &App, delivery: Delivery, shutdown: &CancellationToken) {
+/// What a coordinator does when it takes the events queue: recovers the jobs its store lost
+/// (`lifecycle::recover`), gives every lease one more lease time (the holders' events of the
+/// time it was away are still queued; they must not lapse before it reads them), then marks
+/// itself active (outbox, lease sweep, committer and janitor run).
+async fn activate(app: &App) {
+    match lifecycle::recover(app).await {
+        Ok(0) => {}
+        Ok(n) => warn!(jobs = n, "recovered jobs from their reservations"),
+        Err(error) => warn!(%error, "cannot look for jobs to recover; going on without"),
+    }
+    match app.store.extend_leases(app.config.lease_settings()).await {
+        Ok(0) => {}
+        Ok(n) => info!(
+            leases = n,
+            "extended the leases of running jobs by one lease time"
+        ),
+        Err(error) => warn!(%error, "cannot extend the leases of running jobs"),
+    }
+    app.set_active(true);
+}
+
+async fn handle_event(
+    app: &App,
+    replies: &mut Option<Publisher>,
+    delivery: Delivery,
+    shutdown: &CancellationToken,
+) {
     let event: Event = match delivery.decode() {
         Ok(event) => event,
         Err(DecodeError::WrongKind { found, .. }) if found == WorkerStatus::KIND => {
@@ -99,11 +175,28 @@ async fn handle_event(app: &App, delivery: Delivery, shutdown: &CancellationToke
     };
     let kind = event.kind.name();
     let job_id = event.job_id.to_string();
+    let inbox = delivery.reply_to().map(str::to_owned);
+    let settings = app.config.lease_settings();
     loop {
-        match app.store.record_event(event.clone()).await {
+        match app
+            .store
+            .record_event(event.clone(), inbox.clone(), settings)
+            .await
+        {
             Ok(outcome) => {
                 if outcome.recorded {
                     app.metrics.events.with_label_values(&[kind]).inc();
+                }
+                if let Some(reason) = outcome.dropped {
+                    app.metrics
+                        .events_dropped
+                        .with_label_values(&[reason])
+                        .inc();
+                    debug!(%job_id, kind, reason, worker = %event.worker_id, "event dropped");
+                }
+                if let Some(answer) = outcome.claim {
+                    app.metrics.claims.with_label_values(&[answer]).inc();
+                    info!(%job_id, answer, worker = %event.worker_id, "claim answered");
                 }
                 if let Some((state, secs)) = outcome.finished {
                     let mode = outcome.mode.as_deref().unwrap_or("unknown");
@@ -113,26 +206,17 @@ async fn handle_event(app: &App, delivery: Delivery, shutdown: &CancellationToke
                         .observe(secs);
                     info!(%job_id, state = %state, "job finished");
                 }
-                if outcome.recorded
-                    && let refit_proto::EventKind::Succeeded { timings, .. } = &event.kind
-                {
-                    for (phase, secs) in timings {
-                        app.metrics
-                            .phase_duration
-                            .with_label_values(&[phase.as_str()])
-                            .observe(*secs);
+                if outcome.requeued {
+                    if matches!(event.kind, refit_proto::EventKind::Released { .. }) {
+                        app.metrics.handbacks.inc();
                     }
+                    app.outbox_wake.notify_one();
                 }
-                if outcome.resend_cancel {
-                    info!(%job_id, "a cancelled job was started; sending the cancel again");
-                    if app
-                        .store
-                        .set_cancel_published(job_id.clone(), false)
-                        .await
-                        .is_ok()
-                    {
-                        app.outbox_wake.notify_one();
-                    }
+                if outcome.commit {
+                    app.commit_wake.notify_one();
+                }
+                if let (Some(reply), Some(inbox)) = (&outcome.reply, &inbox) {
+                    lifecycle::send(app, replies, inbox, reply).await;
                 }
                 if let Err(error) = delivery.ack().await {
                     debug!(%error, "cannot ack an event; it will come again");

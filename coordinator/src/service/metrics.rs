@@ -25,6 +25,13 @@ pub struct Metrics {
     pub(crate) undecodable_messages: IntCounter,
     pub(crate) schedule_runs: IntCounterVec,
     pub(crate) outbox_jobs: IntGauge,
+    pub(crate) claims: IntCounterVec,
+    pub(crate) events_dropped: IntCounterVec,
+    pub(crate) lease_lapses: IntCounterVec,
+    pub(crate) handbacks: IntCounter,
+    pub(crate) commits: IntCounterVec,
+    pub(crate) recovered_jobs: IntCounter,
+    pub(crate) active: IntGauge,
     scrape: tokio::sync::Mutex<()>,
     queue_ready: prometheus::IntGaugeVec,
     queue_unacked: prometheus::IntGaugeVec,
@@ -104,6 +111,23 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(outbox_jobs.clone()))
             .expect("unique metric");
+        let handbacks = single(
+            "refit_job_handbacks_total",
+            "Jobs a worker gave back unfinished (shutting down); queued again, not counted as \
+             failures.",
+        );
+        let recovered_jobs = single(
+            "refit_jobs_recovered_total",
+            "Jobs re-created from their reservations in the object store (the job store had \
+             lost them).",
+        );
+        let active = IntGauge::new(
+            "refit_coordinator_active",
+            "1 while this coordinator holds the events queue (grants leases, publishes, \
+             commits), 0 while it stands by.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(active.clone())).expect("unique metric");
         let broker_up = IntGauge::new(
             "refit_broker_up",
             "1 when the broker answered the last scrape's queue queries, else 0.",
@@ -192,6 +216,36 @@ impl Metrics {
                  when it has none).",
                 &["job_id", "model"],
             ),
+            claims: counter(
+                &r,
+                "refit_claims_total",
+                "Claims of job leases by answer (granted, refused).",
+                &["answer"],
+            ),
+            events_dropped: counter(
+                &r,
+                "refit_events_dropped_total",
+                "Events not recorded, by reason: unknown_job (no such job), no_attempt (a worker \
+                 older than leases), not_holder (an attempt that does not hold the lease).",
+                &["reason"],
+            ),
+            lease_lapses: counter(
+                &r,
+                "refit_lease_lapses_total",
+                "Leases that lapsed (no event from the holder in time), by what became of the \
+                 job (requeued, dead, cancelled).",
+                &["outcome"],
+            ),
+            commits: counter(
+                &r,
+                "refit_commits_total",
+                "Version commits by outcome (committed, retried: the upload was unusable, \
+                 conflict: the number belongs to another job).",
+                &["outcome"],
+            ),
+            handbacks,
+            recovered_jobs,
+            active,
             dead_lettered,
             undecodable_messages,
             outbox_jobs,

@@ -1,14 +1,25 @@
 //! The coordinator service: one [`App`] shared by the HTTP API and the background tasks.
 //!
 //! Tasks, all stopped by the root cancellation token:
-//! - `outbox`: publishes stored jobs (and cancels) with confirms, retrying until the broker takes
-//!   them; the only place jobs are published, so a job is never published twice by two paths
-//! - `consumer`: records worker events and dead-lettered jobs; marks silent jobs `stalled`
+//! - `outbox`: writes each stored job's reservation, then publishes it with a confirm, retrying
+//!   until the broker takes it; sends cancels to the lease holders; the only place jobs are
+//!   published
+//! - `consumer`: answers claims, records the lease holders' events, drops the rest; records
+//!   dead-lettered jobs; marks silent jobs `stalled`
+//! - `lifecycle`: lapsed leases, version commits, closing ended jobs, recovering lost jobs
 //! - `scheduler`: `[[schedule]]` retraining
 //! - the HTTP server (`crate::api`)
+//!
+//! ## Active and standby
+//!
+//! The events queue is consumed exclusively: while one coordinator consumes it, a second one
+//! (a double deployment, a copy of the job store) is refused and stands by, retrying. Only the
+//! active one publishes, grants leases, commits versions and sweeps; a standby serves the API
+//! from its own store and takes over when the active one's consumer goes away.
 
 mod consumer;
 pub mod fault;
+mod lifecycle;
 pub(crate) mod metrics;
 mod outbox;
 pub(crate) mod queues;
@@ -16,6 +27,7 @@ mod scheduler;
 mod submit;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -47,6 +59,10 @@ pub struct App {
     pub broker: Broker,
     /// Wakes the outbox publisher.
     pub outbox_wake: Arc<Notify>,
+    /// Wakes the committer.
+    pub commit_wake: Arc<Notify>,
+    /// Whether this coordinator holds the events queue (see the module docs).
+    pub active: Arc<AtomicBool>,
     /// Prometheus metrics.
     pub metrics: Arc<metrics::Metrics>,
     /// Queue depths, from the broker.
@@ -80,11 +96,25 @@ impl App {
             objects,
             broker,
             outbox_wake: Arc::new(Notify::new()),
+            commit_wake: Arc::new(Notify::new()),
+            active: Arc::new(AtomicBool::new(false)),
             metrics: Arc::new(metrics::Metrics::new()),
             queues,
             token: Arc::new(token),
             metrics_token,
         })
+    }
+}
+
+impl App {
+    /// Whether this coordinator is the active one (see the module docs).
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    fn set_active(&self, active: bool) {
+        self.active.store(active, Ordering::Relaxed);
+        self.metrics.active.set(i64::from(active));
     }
 }
 
@@ -105,6 +135,9 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
     tasks.spawn(consumer::run_events(app.clone(), shutdown.clone()));
     tasks.spawn(consumer::run_dead_letters(app.clone(), shutdown.clone()));
     tasks.spawn(consumer::run_stall_sweep(app.clone(), shutdown.clone()));
+    tasks.spawn(lifecycle::run_lease_sweep(app.clone(), shutdown.clone()));
+    tasks.spawn(lifecycle::run_committer(app.clone(), shutdown.clone()));
+    tasks.spawn(lifecycle::run_janitor(app.clone(), shutdown.clone()));
     tasks.spawn(scheduler::run(app.clone(), shutdown.clone()));
 
     let router = crate::api::router(app.clone());

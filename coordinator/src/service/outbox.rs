@@ -1,14 +1,18 @@
 //! The outbox publisher: the one place jobs and cancels reach the broker.
 //!
-//! A submitted job is first stored (`published_at` NULL), then published here with a confirm,
-//! then marked published. A crash before the confirm leaves it in the outbox, and the next run
-//! publishes it; a crash after the confirm but before the mark could publish it a second time,
-//! which the workers absorb (a job whose version already has a manifest is acked, not re-run).
+//! A submitted job is first stored (`published_at` NULL). Here its reservation is written to the
+//! object store (`models/<m>/v<N>/job.json`, once), then it is published with a confirm, then
+//! marked published. A crash before the confirm leaves it in the outbox, and the next run
+//! publishes it; a crash after the confirm but before the mark publishes it a second time: the
+//! duplicate's claim is refused (one lease per job), so it never trains twice. A job queued again
+//! after its attempt let it go (`store::leases`) is published anew the same way. Cancels go to the
+//! inbox of the attempt that holds the job. Only the active coordinator publishes.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use refit_io::queue::{Publisher, QueueError, close_channel};
+use refit_proto::reservation::Reservation;
 use refit_proto::{Control, JobId};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -33,6 +37,12 @@ pub(super) async fn run(app: App, shutdown: CancellationToken) {
     loop {
         if shutdown.is_cancelled() {
             break;
+        }
+        if !app.is_active() {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(interval) => continue,
+            }
         }
         match drain(&app, &mut link).await {
             Ok(()) => failures = 0,
@@ -82,7 +92,18 @@ async fn drain(app: &App, link: &mut Option<Link>) -> anyhow::Result<()> {
     }
     let Link { publisher, pools } = link.as_mut().expect("connected above");
     let fetched = jobs.len();
-    for (id, pool, spec) in jobs {
+    for job in jobs {
+        let (id, pool, spec) = (job.id, job.pool, job.spec);
+        if !job.reserved {
+            app.registry
+                .reserve(&Reservation::open(
+                    spec.clone(),
+                    app.broker.topology().prefix().to_owned(),
+                    pool.clone(),
+                ))
+                .await?;
+            app.store.mark_reserved(id.clone()).await?;
+        }
         if !pools.contains(&pool) {
             let channel = app.broker.channel().await?;
             app.broker
@@ -96,18 +117,22 @@ async fn drain(app: &App, link: &mut Option<Link>) -> anyhow::Result<()> {
             app.store.publish_failed(id.clone()).await?;
             return Err(error.into());
         }
+        super::fault::maybe_exit_after_publish();
         app.store.mark_published(id.clone()).await?;
         info!(job_id = %id, model = %spec.model, version = %spec.output_version, %pool, "job published");
     }
-    for id in cancels {
+    for (id, inbox) in cancels {
         let job_id: JobId = id
             .parse()
             .map_err(|e| anyhow::anyhow!("stored job id {id:?}: {e}"))?;
-        publisher
-            .publish_control(&Control::Cancel { job_id })
-            .await?;
+        // No holder: nobody to tell (a queued job is cancelled at once, and claims are refused).
+        if let Some(inbox) = inbox {
+            publisher
+                .send_control(&inbox, &Control::Cancel { job_id })
+                .await?;
+            info!(job_id = %id, "cancel sent to the attempt holding the job");
+        }
         app.store.set_cancel_published(id.clone(), true).await?;
-        info!(job_id = %id, "cancel published");
     }
     if fetched < BATCH as usize {
         app.metrics.outbox_jobs.set(0);

@@ -47,7 +47,9 @@ impl From<RegistryError> for SubmitError {
             RegistryError::Storage(e) => SubmitError::Storage(e),
             RegistryError::NotFound { .. } => SubmitError::NotFound(e.to_string()),
             RegistryError::BadAlias { .. } => SubmitError::Dataset(e.to_string()),
-            RegistryError::Corrupt { .. } => {
+            RegistryError::Corrupt { .. }
+            | RegistryError::Commit { .. }
+            | RegistryError::Conflict { .. } => {
                 SubmitError::Dataset(format!("the base version cannot be read: {e}"))
             }
         }
@@ -74,8 +76,6 @@ pub struct Evaluated {
     pub report: DecisionReport,
     /// The base version's manifest, if the model has one.
     pub base: Option<Manifest>,
-    /// The newest stored version.
-    pub latest: Option<Version>,
     /// The training data.
     pub dataset: DatasetRef,
     /// The held-out data.
@@ -274,7 +274,6 @@ impl App {
             model,
             report,
             base,
-            latest: versions.last().copied(),
             dataset,
             eval_dataset,
         })
@@ -330,6 +329,9 @@ impl App {
             .pool
             .clone()
             .unwrap_or_else(|| self.config.queue.pool.clone());
+        // Above every manifest and every reservation in the store (not only what this job store
+        // remembers): a number is never used twice, even after the job store was lost.
+        let taken = self.registry.highest_taken(&spec.model).await?;
         let (stored, spec) = self
             .store
             .insert_job(
@@ -340,7 +342,7 @@ impl App {
                     decision: Some(report.clone()),
                     schedule,
                 },
-                evaluated.latest,
+                taken,
             )
             .await?;
         tracing::info!(

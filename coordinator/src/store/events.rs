@@ -1,36 +1,51 @@
 //! Recording worker events and moving job states:
-//! `queued → running ⇄ stalled → succeeded | failed | cancelled | dead`.
+//! `queued → running ⇄ stalled → succeeded | failed | cancelled | dead`, with `running` jobs going
+//! back to `queued` when their attempt lets the job go (see `leases`).
 //!
-//! Events arrive at least once and, across attempts, out of order; the rules are written so that
-//! any order of any duplicates ends in the same row:
-//! - an event already recorded (same job, attempt, worker, type and timestamp) changes nothing;
-//! - a final state is never left, except that `succeeded` wins over everything: the version is
-//!   stored, whatever else was reported;
-//! - a transient `failed` keeps the job alive (the worker hands it back for another attempt).
+//! Only the lease holder's events count (its attempt id and fencing token, `leases::is_holder`);
+//! a `claim` asks for the lease. Everything else is dropped and counted: events for jobs this
+//! store does not know, events without an attempt id (workers older than leases), events of an
+//! attempt that no longer holds the lease (answered with `revoked`, so that attempt stops).
+//! Events arrive at least once: an event already recorded (same job, attempt, worker, type and
+//! timestamp) changes nothing, and a final state is never left. Liveness (lease renewal,
+//! `last_heartbeat_at`, workers' `last_seen_at`) uses the time the coordinator received the
+//! event, never the worker's clock.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use refit_proto::{ErrorKind, Event, EventKind, WorkerState, WorkerStatus};
-use rusqlite::{Connection, params};
+use refit_proto::{
+    AttemptId, Control, ErrorKind, Event, EventKind, JobId, WorkerState, WorkerStatus,
+};
+use rusqlite::{Connection, Transaction, params};
 
 use super::jobs::get_job;
+use super::leases::{self, ClaimOutcome, LeaseSettings};
 use super::{Store, StoreError, parse_ts, ts};
 use refit_proto::wire::{EventView, JobState, WorkerView};
 
-/// What recording an event did.
+/// What recording an event did, and what the caller should do next.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct EventOutcome {
-    /// False for a duplicate (nothing changed).
+    /// False for a duplicate or a dropped event (nothing changed).
     pub recorded: bool,
-    /// Whether the job is one of ours.
-    pub known_job: bool,
-    /// The job is cancelled but a worker works on it: send the cancel again.
-    pub resend_cancel: bool,
-    /// The job just reached this final state, after this many seconds since submission.
+    /// Why the event was dropped: `unknown_job`, `no_attempt` or `not_holder`.
+    pub dropped: Option<&'static str>,
+    /// The answer for the event's `reply_to` (the worker's inbox): a grant, a refusal, a
+    /// revocation or a cancel.
+    pub reply: Option<Control>,
+    /// A claim was answered: `granted` or `refused`.
+    pub claim: Option<&'static str>,
+    /// The job reached this final state, after this many seconds since submission.
     pub finished: Option<(JobState, f64)>,
     /// The job's mode (`finetune`/`scratch`), for metrics labels.
     pub mode: Option<String>,
+    /// The job was queued again: wake the outbox.
+    pub requeued: bool,
+    /// The holder reported its version uploaded: wake the committer.
+    pub commit: bool,
+    /// A running attempt this store did not know took the lease (`leases::adopt`).
+    pub adopted: bool,
 }
 
 fn event_body(kind: &EventKind) -> serde_json::Value {
@@ -43,7 +58,8 @@ fn event_body(kind: &EventKind) -> serde_json::Value {
 
 pub(super) fn events_of(conn: &Connection, job_id: &str) -> Result<Vec<EventView>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, at, attempt, worker, kind, body FROM events WHERE job_id = ?1 ORDER BY seq",
+        "SELECT seq, at, attempt, worker, kind, body, received_at, attempt_id FROM events \
+         WHERE job_id = ?1 ORDER BY seq",
     )?;
     let mut rows = stmt.query(params![job_id])?;
     let mut out = Vec::new();
@@ -52,7 +68,9 @@ pub(super) fn events_of(conn: &Connection, job_id: &str) -> Result<Vec<EventView
         out.push(EventView {
             seq: row.get(0)?,
             at: parse_ts(&row.get::<_, String>(1)?)?,
+            received_at: parse_ts(&row.get::<_, String>(6)?)?,
             attempt: row.get(2)?,
+            attempt_id: row.get(7)?,
             worker: row.get(3)?,
             kind: row.get(4)?,
             body: serde_json::from_str(&body)
@@ -62,82 +80,179 @@ pub(super) fn events_of(conn: &Connection, job_id: &str) -> Result<Vec<EventView
     Ok(out)
 }
 
-fn apply(conn: &mut Connection, event: &Event) -> Result<EventOutcome, StoreError> {
+/// Records a coordinator-side event of a job (a lapsed lease), shown with the workers' ones.
+pub(super) fn coordinator_event(
+    tx: &Transaction<'_>,
+    job_id: &str,
+    kind: &str,
+    body: serde_json::Value,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT OR IGNORE INTO events (job_id, attempt, worker, kind, at, body, received_at) \
+         VALUES (?1, 0, 'coordinator', ?2, ?3, ?4, ?3)",
+        params![job_id, kind, ts(now), body.to_string()],
+    )?;
+    Ok(())
+}
+
+/// The reply to an event of an attempt that does not hold the lease.
+fn revoked(job_id: JobId, attempt: AttemptId, state: JobState) -> Control {
+    let reason = if state.is_final() {
+        format!("the job is {state}")
+    } else {
+        "this attempt does not hold the job's lease (it lapsed, or another attempt took the job)"
+            .to_owned()
+    };
+    Control::Revoked {
+        job_id,
+        attempt_id: attempt,
+        reason,
+    }
+}
+
+fn apply(
+    conn: &mut Connection,
+    event: &Event,
+    inbox: Option<&str>,
+    now: DateTime<Utc>,
+    settings: LeaseSettings,
+) -> Result<EventOutcome, StoreError> {
     let tx = conn.transaction()?;
     let job_id = event.job_id.to_string();
-    let at = ts(event.at);
-    let kind = event.kind.name();
-    let body = event_body(&event.kind);
-    let inserted = tx.execute(
-        "INSERT OR IGNORE INTO events (job_id, attempt, worker, kind, at, body, received_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            job_id,
-            event.attempt,
-            event.worker_id.as_str(),
-            kind,
-            at,
-            body.to_string(),
-            ts(Utc::now()),
-        ],
-    )?;
-    let mut outcome = EventOutcome {
-        recorded: inserted == 1,
-        ..EventOutcome::default()
+    let mut outcome = EventOutcome::default();
+    let Some(row) = leases::lease_row(&tx, &job_id)? else {
+        outcome.dropped = Some("unknown_job");
+        if let (EventKind::Claim, Some(attempt)) = (&event.kind, event.attempt_id) {
+            outcome.claim = Some("refused");
+            outcome.reply = Some(Control::Refused {
+                job_id: event.job_id,
+                attempt_id: attempt,
+                reason: "the coordinator does not know this job".into(),
+            });
+        }
+        return Ok(outcome);
     };
+    let Some(attempt) = event.attempt_id else {
+        outcome.dropped = Some("no_attempt");
+        return Ok(outcome);
+    };
+    let worker = event.worker_id.as_str();
+    if let EventKind::Claim = event.kind {
+        let answer = leases::claim(&tx, &job_id, &row, (attempt, worker, inbox), now, settings)?;
+        let (verdict, body) = match &answer {
+            ClaimOutcome::Granted(Control::Granted { fence, .. }) => (
+                "granted",
+                serde_json::json!({ "granted": true, "fence": fence }),
+            ),
+            ClaimOutcome::Granted(_) => ("granted", serde_json::json!({ "granted": true })),
+            ClaimOutcome::Refused(reason) => (
+                "refused",
+                serde_json::json!({ "granted": false, "reason": reason }),
+            ),
+        };
+        outcome.claim = Some(verdict);
+        outcome.reply = Some(match answer {
+            ClaimOutcome::Granted(control) => control,
+            ClaimOutcome::Refused(reason) => Control::Refused {
+                job_id: event.job_id,
+                attempt_id: attempt,
+                reason,
+            },
+        });
+        outcome.recorded = insert_event(&tx, event, body, now)?;
+        if verdict == "granted" {
+            seen(&tx, worker, &job_id, true, now)?;
+        }
+        tx.commit()?;
+        return Ok(outcome);
+    }
+    // A `released` may come before the grant reached the worker (it shut down while claiming).
+    let releasing_unfenced = matches!(event.kind, EventKind::Released { .. })
+        && event.fence.is_none()
+        && row.attempt == Some(attempt);
+    let mut row = row;
+    // An adoption that found another attempt's lapsed lease and ended the job (dead,
+    // cancelled) changed the store even though the event is dropped.
+    let mut ended_by_adoption = false;
+    let alive_kind = matches!(
+        event.kind,
+        EventKind::Started { .. }
+            | EventKind::Progress { .. }
+            | EventKind::Heartbeat { .. }
+            | EventKind::Checkpointed { .. }
+    );
+    if !leases::is_holder(&row, attempt, event.fence)
+        && alive_kind
+        && leases::adoptable(&row, event.fence, now)
+    {
+        let fence = event.fence.expect("adoptable checks the fence");
+        outcome.adopted = leases::adopt(
+            &tx,
+            &job_id,
+            &row,
+            (attempt, worker, inbox, fence),
+            now,
+            settings,
+        )?;
+        ended_by_adoption = !outcome.adopted;
+        row = leases::lease_row(&tx, &job_id)?.ok_or_else(|| {
+            StoreError::Corrupt(format!("job {job_id} vanished while adopting its lease"))
+        })?;
+    }
+    if !leases::is_holder(&row, attempt, event.fence) && !releasing_unfenced {
+        if ended_by_adoption {
+            tx.commit()?;
+        }
+        outcome.dropped = Some("not_holder");
+        outcome.reply = Some(revoked(event.job_id, attempt, row.state));
+        return Ok(outcome);
+    }
+    outcome.recorded = insert_event(&tx, event, event_body(&event.kind), now)?;
     if !outcome.recorded {
         tx.commit()?;
         return Ok(outcome);
     }
-    let busy = !matches!(
-        event.kind,
-        EventKind::Succeeded { .. } | EventKind::Failed { .. } | EventKind::Cancelled
-    );
-    tx.execute(
-        "INSERT INTO workers (id, last_seen_at, job_id, busy) VALUES (?1, ?2, ?3, ?4) \
-         ON CONFLICT (id) DO UPDATE SET last_seen_at = MAX(last_seen_at, excluded.last_seen_at), \
-         job_id = excluded.job_id, busy = excluded.busy \
-         WHERE excluded.last_seen_at >= workers.last_seen_at",
-        params![event.worker_id.as_str(), at, job_id, i64::from(busy)],
-    )?;
-
     let Some(job) = get_job(&tx, &job_id)? else {
         tx.commit()?;
         return Ok(outcome);
     };
-    outcome.known_job = true;
     outcome.mode = Some(job.view.mode.as_str().to_owned());
     let state = job.view.state;
-    let now = ts(Utc::now());
-    let worker = event.worker_id.as_str();
-    // Every event from a live attempt counts as a sign of life and an attempt number.
+    let busy = !matches!(
+        event.kind,
+        EventKind::Succeeded { .. }
+            | EventKind::Failed { .. }
+            | EventKind::Cancelled
+            | EventKind::Released { .. }
+    );
+    seen(&tx, worker, &job_id, busy, now)?;
     tx.execute(
         "UPDATE jobs SET attempts = MAX(attempts, ?2), updated_at = ?3 WHERE id = ?1",
-        params![job_id, event.attempt, now],
+        params![job_id, event.attempt, ts(now)],
     )?;
-    let alive = |tx: &rusqlite::Transaction<'_>| -> Result<(), StoreError> {
-        if matches!(
-            state,
-            JobState::Queued | JobState::Running | JobState::Stalled
-        ) {
+    if busy {
+        leases::renew(&tx, &job_id, inbox, now, settings)?;
+    }
+    let alive = |tx: &Transaction<'_>| -> Result<(), StoreError> {
+        if matches!(state, JobState::Running | JobState::Stalled) {
             tx.execute(
-                "UPDATE jobs SET state = 'running', worker = ?2, \
-                 started_at = COALESCE(started_at, ?3), \
-                 last_heartbeat_at = MAX(COALESCE(last_heartbeat_at, ''), ?3) WHERE id = ?1",
-                params![job_id, worker, at],
+                "UPDATE jobs SET state = 'running' WHERE id = ?1",
+                params![job_id],
             )?;
         }
         Ok(())
     };
     let mut progress = job.view.progress.clone().unwrap_or_default();
+    let finished = |s: JobState| Some((s, seconds_since(&job.view, now)));
     match &event.kind {
+        EventKind::Claim => unreachable!("claims are answered above"),
         EventKind::Started { total_epochs, .. } => {
             alive(&tx)?;
             if *total_epochs > 0.0 {
                 progress.total_epochs = *total_epochs;
             }
             progress.phase = Some("download".into());
-            outcome.resend_cancel = job.cancel_requested;
         }
         EventKind::Progress {
             epoch,
@@ -153,75 +268,95 @@ fn apply(conn: &mut Connection, event: &Event) -> Result<EventOutcome, StoreErro
             progress.examples_per_sec = *examples_per_sec;
             progress.eta_secs = *eta_secs;
             progress.phase = Some("train".into());
-            outcome.resend_cancel = job.cancel_requested && state.is_final();
         }
         EventKind::Heartbeat { phase, .. } => {
             alive(&tx)?;
             progress.phase = Some(phase.clone());
-            outcome.resend_cancel = job.cancel_requested && state.is_final();
         }
-        EventKind::Checkpointed { .. } => {
+        EventKind::Checkpointed { resume, .. } => {
             alive(&tx)?;
             tx.execute(
-                "UPDATE jobs SET last_checkpoint_at = MAX(COALESCE(last_checkpoint_at, ''), ?2) \
-                 WHERE id = ?1",
-                params![job_id, at],
+                "UPDATE jobs SET last_checkpoint_at = ?2 WHERE id = ?1",
+                params![job_id, ts(now)],
             )?;
-        }
-        EventKind::Succeeded {
-            metrics, timings, ..
-        } => {
-            if state != JobState::Succeeded {
+            if let Some(point) = resume.as_ref().filter(|p| p.attempt_id == attempt) {
                 tx.execute(
-                    "UPDATE jobs SET state = 'succeeded', worker = ?2, metrics = ?3, \
-                     timings = ?4, error = NULL, finished_at = ?5, \
-                     started_at = COALESCE(started_at, ?5) WHERE id = ?1",
+                    "UPDATE jobs SET resume = ?2 WHERE id = ?1",
                     params![
                         job_id,
-                        worker,
+                        serde_json::to_string(point).expect("a resume point serialises")
+                    ],
+                )?;
+            }
+        }
+        EventKind::Succeeded {
+            metrics,
+            timings,
+            files,
+            ..
+        } => match files.get(refit_proto::keys::MANIFEST) {
+            Some(draft) => {
+                tx.execute(
+                    "UPDATE jobs SET commit_attempt = ?2, commit_draft = ?3, metrics = ?4, \
+                     timings = ?5, worker = ?6 WHERE id = ?1",
+                    params![
+                        job_id,
+                        attempt.to_string(),
+                        draft.sha256,
                         metrics
                             .as_ref()
                             .map(|m| serde_json::to_string(m).expect("metrics serialise")),
                         serde_json::to_string(timings).expect("timings serialise"),
-                        at,
+                        worker,
                     ],
                 )?;
-                progress.phase = Some("done".into());
-                if progress.total_epochs > 0.0 {
-                    progress.epoch = progress.total_epochs;
-                }
-                outcome.finished = Some((JobState::Succeeded, seconds_since(&job.view, event.at)));
+                progress.phase = Some("commit".into());
+                outcome.commit = true;
             }
-        }
-        EventKind::Failed { error, error_kind } => {
-            if !state.is_final() {
-                let permanent = *error_kind == ErrorKind::Permanent;
+            None => {
+                // Nothing to commit: the attempt failed to deliver; another one will.
                 tx.execute(
-                    "UPDATE jobs SET error = ?2, \
-                     state = CASE WHEN ?3 THEN 'failed' ELSE state END, \
-                     finished_at = CASE WHEN ?3 THEN ?4 ELSE finished_at END WHERE id = ?1",
-                    params![job_id, error, permanent, at],
+                    "UPDATE jobs SET error = ?2 WHERE id = ?1",
+                    params![job_id, "an attempt reported success without its files"],
                 )?;
-                if permanent {
-                    outcome.finished = Some((JobState::Failed, seconds_since(&job.view, event.at)));
-                }
+                outcome.requeued = lapsed(&tx, &job_id, &row, now, settings, &mut outcome)?;
+            }
+        },
+        EventKind::Failed { error, error_kind } => {
+            tx.execute(
+                "UPDATE jobs SET error = ?2 WHERE id = ?1",
+                params![job_id, error],
+            )?;
+            if *error_kind == ErrorKind::Permanent {
+                leases::clear(&tx, &job_id)?;
+                tx.execute(
+                    "UPDATE jobs SET state = 'failed', finished_at = ?2 WHERE id = ?1",
+                    params![job_id, ts(now)],
+                )?;
+                outcome.finished = finished(JobState::Failed);
+            } else {
+                outcome.requeued = lapsed(&tx, &job_id, &row, now, settings, &mut outcome)?;
             }
         }
         EventKind::Cancelled => {
-            if !matches!(
-                state,
-                JobState::Succeeded | JobState::Failed | JobState::Dead
-            ) {
-                tx.execute(
-                    "UPDATE jobs SET state = 'cancelled', finished_at = COALESCE(finished_at, ?2) \
-                     WHERE id = ?1",
-                    params![job_id, at],
-                )?;
-                if state != JobState::Cancelled {
-                    outcome.finished =
-                        Some((JobState::Cancelled, seconds_since(&job.view, event.at)));
-                }
+            leases::clear(&tx, &job_id)?;
+            tx.execute(
+                "UPDATE jobs SET state = 'cancelled', finished_at = COALESCE(finished_at, ?2) \
+                 WHERE id = ?1",
+                params![job_id, ts(now)],
+            )?;
+            outcome.finished = finished(JobState::Cancelled);
+        }
+        EventKind::Released { .. } => {
+            tx.execute(
+                "UPDATE jobs SET handbacks = handbacks + 1 WHERE id = ?1",
+                params![job_id],
+            )?;
+            match leases::requeue(&tx, &job_id, &row, now)? {
+                leases::Lapse::Cancelled => outcome.finished = finished(JobState::Cancelled),
+                _ => outcome.requeued = true,
             }
+            progress.phase = Some("queued".into());
         }
     }
     tx.execute(
@@ -231,8 +366,79 @@ fn apply(conn: &mut Connection, event: &Event) -> Result<EventOutcome, StoreErro
             serde_json::to_string(&progress).expect("progress serialises")
         ],
     )?;
+    if busy && row.cancel_requested {
+        // Every event of a cancelled job's holder is answered with the cancel again.
+        outcome.reply = Some(Control::Cancel {
+            job_id: event.job_id,
+        });
+    }
     tx.commit()?;
     Ok(outcome)
+}
+
+/// Counts the attempt's failure (see `leases::lapse`) into `outcome`; whether the job was
+/// queued again.
+fn lapsed(
+    tx: &Transaction<'_>,
+    job_id: &str,
+    row: &leases::LeaseRow,
+    now: DateTime<Utc>,
+    settings: LeaseSettings,
+    outcome: &mut EventOutcome,
+) -> Result<bool, StoreError> {
+    let since = get_job(tx, job_id)?.map_or(0.0, |j| seconds_since(&j.view, now));
+    Ok(match leases::lapse(tx, job_id, row, now, settings)? {
+        leases::Lapse::Requeued => true,
+        leases::Lapse::Dead => {
+            outcome.finished = Some((JobState::Dead, since));
+            false
+        }
+        leases::Lapse::Cancelled => {
+            outcome.finished = Some((JobState::Cancelled, since));
+            false
+        }
+    })
+}
+
+/// Records the event (once: a duplicate changes nothing); whether it was new.
+fn insert_event(
+    tx: &Transaction<'_>,
+    event: &Event,
+    body: serde_json::Value,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let inserted = tx.execute(
+        "INSERT OR IGNORE INTO events (job_id, attempt, worker, kind, at, body, received_at, \
+         attempt_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            event.job_id.to_string(),
+            event.attempt,
+            event.worker_id.as_str(),
+            event.kind.name(),
+            ts(event.at),
+            body.to_string(),
+            ts(now),
+            event.attempt_id.map(|a| a.to_string()),
+        ],
+    )?;
+    Ok(inserted == 1)
+}
+
+/// The worker was heard from now (the coordinator's clock), working on `job_id` or not.
+fn seen(
+    tx: &Transaction<'_>,
+    worker: &str,
+    job_id: &str,
+    busy: bool,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO workers (id, last_seen_at, job_id, busy) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (id) DO UPDATE SET last_seen_at = excluded.last_seen_at, \
+         job_id = excluded.job_id, busy = excluded.busy",
+        params![worker, ts(now), job_id, i64::from(busy)],
+    )?;
+    Ok(())
 }
 
 fn seconds_since(job: &refit_proto::wire::JobView, at: DateTime<Utc>) -> f64 {
@@ -240,9 +446,66 @@ fn seconds_since(job: &refit_proto::wire::JobView, at: DateTime<Utc>) -> f64 {
 }
 
 impl Store {
-    /// Records a worker event and moves its job's state.
-    pub async fn record_event(&self, event: Event) -> Result<EventOutcome, StoreError> {
-        self.call(move |conn| apply(conn, &event)).await
+    /// Records a worker event received now, with the `reply_to` it came with (the worker's
+    /// inbox), and moves its job's state and lease (see the module docs).
+    pub async fn record_event(
+        &self,
+        event: Event,
+        inbox: Option<String>,
+        settings: LeaseSettings,
+    ) -> Result<EventOutcome, StoreError> {
+        self.record_event_at(event, inbox, settings, Utc::now())
+            .await
+    }
+
+    /// [`Store::record_event`] received at `now`.
+    pub(crate) async fn record_event_at(
+        &self,
+        event: Event,
+        inbox: Option<String>,
+        settings: LeaseSettings,
+        now: DateTime<Utc>,
+    ) -> Result<EventOutcome, StoreError> {
+        self.call(move |conn| apply(conn, &event, inbox.as_deref(), now, settings))
+            .await
+    }
+
+    /// Lets go of every lease that lapsed by now (see `leases`); what became of each job.
+    pub async fn expire_leases(
+        &self,
+        settings: LeaseSettings,
+    ) -> Result<Vec<leases::Expired>, StoreError> {
+        self.expire_leases_at(settings, Utc::now()).await
+    }
+
+    /// [`Store::expire_leases`] as of `now`.
+    pub(crate) async fn expire_leases_at(
+        &self,
+        settings: LeaseSettings,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<leases::Expired>, StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            let expired = leases::expire(&tx, now, settings)?;
+            tx.commit()?;
+            Ok(expired)
+        })
+        .await
+    }
+
+    /// Gives every lease at least one more `lease_secs` from `now`: what a coordinator does when
+    /// it becomes active, since it heard nothing while it was down or standing by (the holders'
+    /// events of that time are still in the queue). How many leases it extended.
+    pub async fn extend_leases(&self, settings: LeaseSettings) -> Result<usize, StoreError> {
+        let until = ts(Utc::now() + chrono::Duration::seconds(settings.lease_secs as i64));
+        self.call(move |conn| {
+            Ok(conn.execute(
+                "UPDATE jobs SET lease_expires_at = ?1 WHERE lease_attempt IS NOT NULL \
+                 AND (lease_expires_at IS NULL OR lease_expires_at < ?1)",
+                params![until],
+            )?)
+        })
+        .await
     }
 
     /// Marks a job dead-lettered (unless it already ended); returns whether it changed.
@@ -260,8 +523,19 @@ impl Store {
         .await
     }
 
-    /// Records a worker's presence message; an older one than what is stored changes nothing.
+    /// Records a worker's presence message, received now (liveness uses the coordinator's
+    /// clock; the message's own timestamp is not trusted).
     pub async fn record_presence(&self, status: WorkerStatus) -> Result<(), StoreError> {
+        self.record_presence_at(status, Utc::now()).await
+    }
+
+    /// [`Store::record_presence`] received at `now`.
+    pub(crate) async fn record_presence_at(
+        &self,
+        status: WorkerStatus,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let status = WorkerStatus { at: now, ..status };
         self.call(move |conn| {
             let busy = status.running > 0;
             let stopping = status.state == WorkerState::Stopping;
@@ -360,214 +634,5 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
-    use refit_proto::{Metrics, Version, WorkerId};
-
-    use super::super::jobs::tests::new_job;
-    use super::*;
-
-    fn event(job: &str, attempt: u32, kind: EventKind) -> Event {
-        Event {
-            job_id: job.parse().unwrap(),
-            attempt,
-            worker_id: WorkerId::new("w-1").unwrap(),
-            at: Utc::now(),
-            kind,
-        }
-    }
-
-    #[tokio::test]
-    async fn a_job_runs_to_success_and_duplicates_change_nothing() {
-        let store = Store::in_memory().unwrap();
-        let (job, _) = store.insert_job(new_job("m"), None).await.unwrap();
-        let id = job.view.id.clone();
-        let started = event(
-            &id,
-            1,
-            EventKind::Started {
-                resumed_from_epoch: None,
-                total_epochs: 10.0,
-            },
-        );
-        assert!(store.record_event(started.clone()).await.unwrap().recorded);
-        assert!(!store.record_event(started).await.unwrap().recorded);
-        let progress = EventKind::Progress {
-            epoch: 4.0,
-            step: 40,
-            loss: 0.5,
-            examples_per_sec: 1000.0,
-            eta_secs: Some(3.0),
-        };
-        store.record_event(event(&id, 1, progress)).await.unwrap();
-        let running = store.job(id.clone()).await.unwrap().unwrap().view;
-        assert_eq!(running.state, JobState::Running);
-        assert_eq!(running.attempts, 1);
-        assert_eq!(running.worker.as_deref(), Some("w-1"));
-        let p = running.progress.unwrap();
-        assert_eq!((p.epoch, p.total_epochs, p.step), (4.0, 10.0, 40));
-
-        let transient = EventKind::Failed {
-            error: "s3 down".into(),
-            error_kind: ErrorKind::Transient,
-        };
-        store.record_event(event(&id, 1, transient)).await.unwrap();
-        assert_eq!(
-            store.job(id.clone()).await.unwrap().unwrap().view.state,
-            JobState::Running
-        );
-        let done = EventKind::Succeeded {
-            version: Version::first(),
-            metrics: Some(Metrics {
-                intent_weighted_f1: 0.9,
-                ..Default::default()
-            }),
-            timings: BTreeMap::from([("train".to_owned(), 1.5)]),
-        };
-        let outcome = store.record_event(event(&id, 2, done)).await.unwrap();
-        assert_eq!(outcome.finished.map(|f| f.0), Some(JobState::Succeeded));
-        let view = store.job(id.clone()).await.unwrap().unwrap().view;
-        assert_eq!(view.state, JobState::Succeeded);
-        assert_eq!(view.attempts, 2);
-        assert_eq!(view.metrics.unwrap().intent_weighted_f1, 0.9);
-        assert_eq!(view.events.len(), 4);
-        assert_eq!(view.events[0].kind, "started");
-        // A late cancel does not undo a success; dead-lettering neither.
-        store
-            .record_event(event(&id, 2, EventKind::Cancelled))
-            .await
-            .unwrap();
-        assert!(!store.mark_dead(id.clone(), "x".into()).await.unwrap());
-        assert_eq!(
-            store.job(id.clone()).await.unwrap().unwrap().view.state,
-            JobState::Succeeded
-        );
-        let curves = store.loss_curves(vec![id.clone()], 10).await.unwrap();
-        assert_eq!(curves[&id], vec![(40, 0.5)]);
-        let workers = store
-            .workers(Utc::now() - chrono::Duration::hours(1), 60)
-            .await
-            .unwrap();
-        assert_eq!(workers[0].status, "idle");
-    }
-
-    #[tokio::test]
-    async fn presence_lists_idle_workers_and_tells_stopping_stopped_and_lost() {
-        let store = Store::in_memory().unwrap();
-        let status = |id: &str, secs_ago: i64, state, running| WorkerStatus {
-            worker_id: refit_proto::WorkerId::new(id).unwrap(),
-            at: Utc::now() - chrono::Duration::seconds(secs_ago),
-            state,
-            running,
-            pool: "gpu".into(),
-        };
-        let statuses = |store: &Store| {
-            let store = store.clone();
-            async move {
-                let mut workers = store
-                    .workers(Utc::now() - chrono::Duration::hours(1), 60)
-                    .await
-                    .unwrap();
-                workers.sort_by(|a, b| a.id.cmp(&b.id));
-                workers
-                    .into_iter()
-                    .map(|w| (w.id, w.status, w.pool))
-                    .collect::<Vec<_>>()
-            }
-        };
-        let online = WorkerState::Online;
-        let stopping = WorkerState::Stopping;
-        for s in [
-            status("a-idle", 1, online, 0),
-            status("b-busy", 1, online, 1),
-            status("c-lost", 90, online, 0),
-            status("d-stopping", 1, stopping, 0),
-            status("e-stopped", 90, stopping, 0),
-        ] {
-            store.record_presence(s).await.unwrap();
-        }
-        // An older message than the stored one changes nothing.
-        store
-            .record_presence(status("d-stopping", 30, online, 0))
-            .await
-            .unwrap();
-        let gpu = Some("gpu".to_owned());
-        assert_eq!(
-            statuses(&store).await,
-            [
-                ("a-idle", "idle"),
-                ("b-busy", "busy"),
-                ("c-lost", "lost"),
-                ("d-stopping", "stopping"),
-                ("e-stopped", "stopped"),
-            ]
-            .map(|(id, st)| (id.to_owned(), st.to_owned(), gpu.clone()))
-        );
-        // Back online after a stop.
-        store
-            .record_presence(status("e-stopped", 0, online, 0))
-            .await
-            .unwrap();
-        assert_eq!(statuses(&store).await[4].1, "idle");
-    }
-
-    #[tokio::test]
-    async fn permanent_failures_stalls_and_cancel_resends() {
-        let store = Store::in_memory().unwrap();
-        let (job, _) = store.insert_job(new_job("m"), None).await.unwrap();
-        let id = job.view.id.clone();
-        let started = EventKind::Started {
-            resumed_from_epoch: None,
-            total_epochs: 5.0,
-        };
-        store
-            .record_event(event(&id, 1, started.clone()))
-            .await
-            .unwrap();
-        assert_eq!(
-            store
-                .mark_stalled(Utc::now() + chrono::Duration::seconds(1))
-                .await
-                .unwrap(),
-            1
-        );
-        assert_eq!(
-            store.job(id.clone()).await.unwrap().unwrap().view.state,
-            JobState::Stalled
-        );
-        let beat = EventKind::Heartbeat {
-            phase: "train".into(),
-            checkpoint_age_secs: None,
-        };
-        store.record_event(event(&id, 1, beat)).await.unwrap();
-        assert_eq!(
-            store.job(id.clone()).await.unwrap().unwrap().view.state,
-            JobState::Running
-        );
-        let failed = EventKind::Failed {
-            error: "bad yaml".into(),
-            error_kind: ErrorKind::Permanent,
-        };
-        store.record_event(event(&id, 1, failed)).await.unwrap();
-        let view = store.job(id.clone()).await.unwrap().unwrap().view;
-        assert_eq!(view.state, JobState::Failed);
-        assert_eq!(view.error.as_deref(), Some("bad yaml"));
-
-        // A cancelled queued job that a worker starts anyway gets its cancel sent again.
-        let (job, _) = store.insert_job(new_job("m"), None).await.unwrap();
-        let id = job.view.id.clone();
-        store.request_cancel(id.clone()).await.unwrap();
-        let outcome = store.record_event(event(&id, 1, started)).await.unwrap();
-        assert!(outcome.resend_cancel);
-        assert_eq!(
-            store.job(id.clone()).await.unwrap().unwrap().view.state,
-            JobState::Cancelled
-        );
-        // Events of unknown jobs are recorded, not applied.
-        let stranger = refit_proto::JobId::new().to_string();
-        let outcome = store
-            .record_event(event(&stranger, 1, EventKind::Cancelled))
-            .await
-            .unwrap();
-        assert!(outcome.recorded && !outcome.known_job);
-    }
-}
+#[path = "events_tests.rs"]
+mod tests;

@@ -34,6 +34,19 @@ pub struct StoredJob {
     pub cancel_requested: bool,
 }
 
+/// A job waiting to be published.
+#[derive(Clone, Debug)]
+pub struct OutboxJob {
+    /// The job id.
+    pub id: String,
+    /// The pool to publish it to.
+    pub pool: String,
+    /// The message.
+    pub spec: JobSpec,
+    /// Whether its reservation is written (it must be before the job is published).
+    pub reserved: bool,
+}
+
 /// `GET /v1/jobs` filters.
 #[derive(Clone, Debug, Default)]
 pub struct JobFilter {
@@ -50,7 +63,7 @@ pub struct JobFilter {
 const COLUMNS: &str = "id, model, version, base_version, mode, requested_mode, pool, state, \
      dataset_key, dataset_sha256, decision, schedule, published_at, attempts, worker, progress, \
      metrics, timings, error, submitted_at, started_at, finished_at, last_heartbeat_at, \
-     last_checkpoint_at, cancel_requested";
+     last_checkpoint_at, cancel_requested, failures, handbacks";
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
@@ -103,6 +116,8 @@ pub(super) fn read_row(row: &Row<'_>) -> Result<StoredJob, StoreError> {
         schedule: opt(11)?,
         published: opt(12)?.is_some(),
         attempts: row.get(13)?,
+        failures: row.get(25)?,
+        handbacks: row.get(26)?,
         worker: opt(14)?,
         progress: json_opt::<ProgressView>("progress", opt(15)?)?,
         metrics: json_opt::<Metrics>("metrics", opt(16)?)?,
@@ -257,25 +272,32 @@ impl Store {
         .await
     }
 
-    /// Jobs waiting to be published, oldest first: `(id, pool, spec)`.
-    pub async fn outbox(&self, limit: u32) -> Result<Vec<(String, String, JobSpec)>, StoreError> {
+    /// Jobs waiting to be published, oldest first (a job queued again after its attempt let
+    /// it go is published anew).
+    pub async fn outbox(&self, limit: u32) -> Result<Vec<OutboxJob>, StoreError> {
         self.call(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT id, pool, spec FROM jobs WHERE published_at IS NULL AND state = 'queued' \
-                 ORDER BY submitted_at LIMIT ?1",
+                "SELECT id, pool, spec, reserved FROM jobs WHERE published_at IS NULL AND \
+                 state = 'queued' ORDER BY submitted_at LIMIT ?1",
             )?;
             let rows = stmt.query_map(params![i64::from(limit)], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, bool>(3)?,
                 ))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (id, pool, bytes) = row?;
+                let (id, pool, bytes, reserved) = row?;
                 let spec: JobSpec = decode(&bytes).map_err(|e| corrupt("spec", e))?;
-                out.push((id, pool, spec));
+                out.push(OutboxJob {
+                    id,
+                    pool,
+                    spec,
+                    reserved,
+                });
             }
             Ok(out)
         })
@@ -309,8 +331,9 @@ impl Store {
     }
 
     /// Asks for a job to be cancelled. A queued job becomes `cancelled` at once (a worker that
-    /// gets it later is told by the control message, and again on its `started` event); a running
-    /// one when its worker reports `cancelled`. Returns the state it was in and the job as it is
+    /// gets it later has its claim refused); a running one when its lease holder reports
+    /// `cancelled` (told through its inbox, and again in answer to each of its events), or its
+    /// lease lapses. Returns the state it was in and the job as it is
     /// now, or `None` if unknown; a job already in a final state is returned unchanged.
     pub async fn request_cancel(
         &self,
@@ -339,14 +362,16 @@ impl Store {
         .await
     }
 
-    /// Jobs whose cancel has not reached the broker yet.
-    pub async fn pending_cancels(&self) -> Result<Vec<String>, StoreError> {
+    /// Jobs whose cancel has not been sent yet, with their lease holder's inbox (none: no
+    /// attempt holds the job, nobody to tell).
+    pub async fn pending_cancels(&self) -> Result<Vec<(String, Option<String>)>, StoreError> {
         self.call(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT id FROM jobs WHERE cancel_requested = 1 AND cancel_published = 0",
+                "SELECT id, lease_inbox FROM jobs WHERE cancel_requested = 1 AND \
+                 cancel_published = 0",
             )?;
             let ids = stmt
-                .query_map([], |r| r.get::<_, String>(0))?
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(ids)
         })
@@ -475,7 +500,10 @@ pub(crate) mod tests {
         let (a, spec) = store.insert_job(new_job("m"), None).await.unwrap();
         let outbox = store.outbox(10).await.unwrap();
         assert_eq!(outbox.len(), 1);
-        assert_eq!(outbox[0].2, spec);
+        assert_eq!(outbox[0].spec, spec);
+        assert!(!outbox[0].reserved);
+        store.mark_reserved(a.view.id.clone()).await.unwrap();
+        assert!(store.outbox(10).await.unwrap()[0].reserved);
         store.mark_published(a.view.id.clone()).await.unwrap();
         assert!(store.outbox(10).await.unwrap().is_empty());
         let job = store.job(a.view.id).await.unwrap().unwrap();
@@ -527,6 +555,10 @@ pub(crate) mod tests {
         assert_eq!(only.len(), 1);
         // A cancelled queued job leaves the outbox.
         assert_eq!(store.outbox(10).await.unwrap().len(), 5);
-        assert_eq!(store.pending_cancels().await.unwrap(), vec![ids[0].clone()]);
+        // Nobody holds it: the cancel has no inbox to go to.
+        assert_eq!(
+            store.pending_cancels().await.unwrap(),
+            vec![(ids[0].clone(), None)]
+        );
     }
 }

@@ -8,10 +8,14 @@
 //! Layout:
 //! - `jobs`: inserting (with the output version), reading, listing, the outbox, cancelling
 //! - `events`: recording worker events and moving job states
+//! - `leases`: which attempt holds a job: claims, fencing, lapses, requeues
+//! - `commits`: committing versions, closing ended jobs, recovering jobs from reservations
 //! - `schedule`: the last slot each schedule ran for
 
+mod commits;
 mod events;
 mod jobs;
+mod leases;
 mod schedule;
 
 use std::path::Path;
@@ -20,14 +24,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 use chrono::{DateTime, Utc};
 use rusqlite::Connection;
 
+pub use commits::{Closing, PendingCommit, closing_state};
 pub use events::EventOutcome;
-pub use jobs::{JobFilter, NewJob, StoredJob};
+pub use jobs::{JobFilter, NewJob, OutboxJob, StoredJob};
+pub use leases::{Expired, Lapse, LeaseSettings};
 pub use schedule::ScheduleRun;
 
 /// The migrations, in order; `PRAGMA user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_worker_presence.sql"),
+    include_str!("../../migrations/0003_leases.sql"),
 ];
 
 /// Why a store call failed.
@@ -78,11 +85,12 @@ impl Store {
     }
 
     fn setup(mut conn: Connection) -> Result<Self, StoreError> {
-        // WAL lets readers (a backup, `sqlite3` by an operator) run beside the coordinator;
-        // `synchronous = NORMAL` is durable across process crashes, which is what the outbox
-        // needs (a power loss may lose the last transactions, never corrupt the file).
+        // WAL lets readers (a backup, `sqlite3` by an operator) run beside the coordinator.
+        // `synchronous = FULL` syncs the log at every commit, so a submit the API acknowledged,
+        // a granted lease or a committed version survives a power loss too (NORMAL would lose
+        // the last transactions: a job already published could vanish from the store).
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;

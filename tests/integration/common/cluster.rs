@@ -41,6 +41,8 @@ pub struct Cluster {
     pub model: ModelName,
     /// The broker URL the services get (a test may swap in a user of its own).
     pub amqp_url: String,
+    /// The broker URL the workers get instead, when a test gives them a user of their own.
+    pub worker_amqp_url: Option<String>,
     /// The S3 server's settings.
     pub s3: S3Config,
     /// The store on it.
@@ -76,6 +78,7 @@ impl Cluster {
             prefix,
             model,
             amqp_url,
+            worker_amqp_url: None,
             s3,
             store,
             broker,
@@ -128,7 +131,8 @@ impl Cluster {
         self.workers_started += 1;
         let n = self.workers_started;
         let mut command = Command::new(worker_binary()?);
-        service_env(&mut command, &self.amqp_url, &self.prefix, &self.s3);
+        let url = self.worker_amqp_url.as_deref().unwrap_or(&self.amqp_url);
+        service_env(&mut command, url, &self.prefix, &self.s3);
         command
             .env(
                 "REFIT__QUEUE__DELIVERY_LIMIT",

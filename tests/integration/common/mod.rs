@@ -4,12 +4,24 @@
 //!
 //! - [`cluster`]: [`cluster::Cluster`], the one cluster type (a test's names, services, folder and
 //!   worker processes);
+//! - [`stack`]: [`stack::Stack`], a coordinator and its workers on a cluster, driven through the
+//!   HTTP API, the CLI and `/metrics` (every test that runs a job needs one: workers run a job
+//!   only under a lease their coordinator grants);
+//! - [`api`]: helpers on job views, Prometheus text and training data;
+//! - [`broker_users`]: the least-privilege coordinator and worker users of
+//!   `deploy/rabbitmq.sh users`, made for one test;
+//! - [`jobs`]: submitting jobs on a stack, reading their events, duplicate messages, and the
+//!   registry checks (one consistent version per job);
 //! - [`proc`]: [`proc::Proc`], the one process type (a service with its log file);
 //! - [`wait`]: [`wait::wait_until`], the one way to wait for a condition.
 #![allow(dead_code)]
 
+pub mod api;
+pub mod broker_users;
 pub mod cluster;
+pub mod jobs;
 pub mod proc;
+pub mod stack;
 pub mod wait;
 
 use std::collections::HashMap;
@@ -319,7 +331,6 @@ pub async fn delete_topology(broker: &refit_io::queue::Broker) {
         t.jobs_exchange(),
         t.dead_letter_exchange(),
         t.events_exchange(),
-        t.control_exchange(),
     ] {
         let _ = channel
             .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())

@@ -1,26 +1,28 @@
-//! The worker against a world that breaks while a job runs (issue 4, "done when" 2, 5 and 6):
+//! The worker against a world that breaks while a job runs:
 //!
 //! - a private Garage (own data directory and ports, started with `deploy/s3-server.sh`) stopped
-//!   for 20 s mid-job;
+//!   for 20 s mid-job: the worker rides it out within its attempt (retrying S3, heartbeats going
+//!   on through RabbitMQ, so its lease holds);
 //! - the worker's own RabbitMQ connection force-closed with `rabbitmqctl close_connection`
 //!   (found by its client-provided name, `refit <prefix>/<pool> (pid <pid>)`; never the other
-//!   tests' connections);
-//! - `kill -9` of the worker at ten random moments (seeded), a new worker each time.
+//!   tests' connections): it reconnects, reads its answers from a new inbox, and the same attempt
+//!   goes on under its lease.
 //!
 //! Each waits on events, not sleeps, except for the outage itself.
 
 use std::net::TcpListener;
-use std::process::Stdio;
-use std::time::Instant;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use anyhow::{Context, Result, ensure};
+use chrono::{DateTime, Utc};
+use refit_io::storage::S3Config;
+use serde_json::{Value, json};
 
-use super::*;
-use crate::common::wait::wait_until_every;
-
-/// A resume checkpoint every epoch.
-const EVERY_EPOCH: (&str, &str) = ("REFIT__WORKER__RESUME_EVERY_EPOCHS", "1");
+use crate::common::cluster::ClusterOptions;
+use crate::common::jobs::{EVERY_EPOCH, check_committed, events, started_from};
+use crate::common::stack::{Options, Stack};
+use crate::common::{credentials_in, env_or, examples, repo};
 
 /// How long the S3 server stays away.
 const OUTAGE: Duration = Duration::from_secs(20);
@@ -110,112 +112,84 @@ impl Drop for PrivateGarage {
     }
 }
 
-fn count(events: &[Event], pred: impl Fn(&EventKind) -> bool) -> usize {
-    events.iter().filter(|e| pred(&e.kind)).count()
+/// How many events of `kind` the job view has.
+fn count(job: &Value, kind: &str) -> usize {
+    events(job).iter().filter(|e| e["type"] == kind).count()
 }
 
-fn succeeded(events: &[Event]) -> usize {
-    count(events, |k| matches!(k, EventKind::Succeeded { .. }))
-}
-
-fn failed(events: &[Event]) -> usize {
-    count(events, |k| matches!(k, EventKind::Failed { .. }))
-}
-
-/// The epoch of the latest `checkpointed` event.
-fn last_checkpoint(events: &[Event]) -> Option<f64> {
-    events.iter().rev().find_map(|e| match e.kind {
-        EventKind::Checkpointed { epoch, .. } => Some(epoch),
-        _ => None,
-    })
-}
-
-/// Waits a moment for late events (a duplicate `succeeded` would come right after the first),
-/// then returns the job's events.
-async fn settle(cluster: &WorkerTest, job: JobId) -> Vec<Event> {
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    cluster.events_of(job)
+/// When the coordinator received an event.
+fn received(event: &Value) -> Option<DateTime<Utc>> {
+    event["received_at"].as_str()?.parse().ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_rides_out_a_20s_s3_outage() -> Result<()> {
     let garage = PrivateGarage::start().await?;
-    let mut cluster = WorkerTest::start_with(
-        "s3down",
-        ClusterOptions {
-            s3: Some(garage.s3_config()?),
-            ..ClusterOptions::default()
+    let mut stack = Stack::with(
+        "ws3down",
+        Options {
+            cluster: ClusterOptions {
+                s3: Some(garage.s3_config()?),
+                ..ClusterOptions::default()
+            },
+            ..Options::default()
         },
     )
     .await?;
+    stack.start_coordinator(&[]).await?;
     // The test settings retry every ≤ 1 s; 60 tries ride out 20 s (plus Garage's restart) within
-    // the job's attempt, with no requeue.
-    let worker = cluster.start_worker(&[EVERY_EPOCH, ("REFIT__WORKER__RETRY_ATTEMPTS", "60")])?;
-    let data = cluster.dataset(&examples(8)?).await?;
-    let job = cluster.job(1, None, data, Budget::Epochs(120));
-    cluster.publisher.publish_job(&job).await?;
-    cluster
-        .wait_event(
-            job.id,
-            "checkpointed",
-            |k| matches!(k, EventKind::Checkpointed { epoch, .. } if *epoch >= 2.0),
-        )
-        .await
-        .with_context(|| worker.log_text())?;
+    // the job's attempt, with no hand-back.
+    stack.start_worker(&[EVERY_EPOCH, ("REFIT__WORKER__RETRY_ATTEMPTS", "60")])?;
+    let data = stack.upload_examples(&examples(8)?).await?;
+    let id = stack.submit_scratch(&data, 120, json!({})).await?;
+    stack.wait_checkpoint(&id, 2.0).await?;
 
     garage.script("stop").await?;
     let down_at = Utc::now();
     ensure!(
-        succeeded(&cluster.events_of(job.id)) == 0,
+        stack.job(&id).await?["state"] == "running",
         "the job finished before the S3 server stopped: make it longer"
     );
     tokio::time::sleep(OUTAGE).await;
     ensure!(
-        worker.running(),
+        stack.workers[0].running(),
         "the worker exited during the outage; log:\n{}",
-        worker.log_text()
+        stack.workers[0].log_text()
     );
     let up_at = Utc::now();
     garage.script("start").await?;
 
-    cluster
-        .wait_final(job.id)
-        .await
-        .with_context(|| worker.log_text())?;
-    let events = settle(&cluster, job.id).await;
-    let log = worker.log_text();
-    let kinds = names(&events);
+    stack.wait_succeeded(&id).await?;
+    let job = stack.settled(&id).await?;
+    let log = stack.workers[0].log_text();
     ensure!(
-        succeeded(&events) == 1 && failed(&events) == 0,
-        "expected one succeeded and no failed: {kinds:?}; log:\n{log}"
-    );
-    ensure!(
-        count(&events, |k| matches!(k, EventKind::Started { .. })) == 1,
-        "the job was handed back instead of riding out the outage: {kinds:?}; log:\n{log}"
+        count(&job, "started") == 1 && count(&job, "failed") == 0,
+        "the job was handed back or failed instead of riding out the outage: {:?}",
+        crate::common::api::event_types(&job)
     );
     // The worker did meet the outage, and kept its heartbeats (RabbitMQ only) going through it.
     ensure!(
         log.contains("failed; retrying"),
         "no retried S3 operation: was the outage missed? log:\n{log}"
     );
-    let beats = events
+    let beats = events(&job)
         .iter()
-        .filter(|e| matches!(e.kind, EventKind::Heartbeat { .. }))
-        .filter(|e| e.at > down_at && e.at < up_at)
+        .filter(|e| e["type"] == "heartbeat")
+        .filter_map(received)
+        .filter(|at| *at > down_at && *at < up_at)
         .count();
     ensure!(
         beats >= 10,
         "{beats} heartbeats during the {OUTAGE:?} outage"
     );
-    check_version(&cluster, 1).await?;
-    ensure!(cluster.versions().await? == vec![Version::first()]);
+    check_committed(&stack, &job).await?;
+    ensure!(stack.versions().await? == [1]);
     eprintln!(
         "s3 outage: {} retried operations, {beats} heartbeats during the outage, {} checkpoints",
         log.matches("failed; retrying").count(),
-        count(&events, |k| matches!(k, EventKind::Checkpointed { .. }))
+        count(&job, "checkpointed")
     );
-    drop(worker);
-    cluster.cleanup().await;
+    stack.finish().await?;
     drop(garage);
     Ok(())
 }
@@ -263,190 +237,34 @@ async fn close_connections_of(prefix: &str, pid: u32) -> Result<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_reconnects_after_its_connection_is_force_closed() -> Result<()> {
-    let mut cluster = WorkerTest::start("reconnect").await?;
-    let worker = cluster.start_worker(&[EVERY_EPOCH])?;
-    let data = cluster.dataset(&examples(8)?).await?;
-    let job = cluster.job(1, None, data, Budget::Epochs(60));
-    cluster.publisher.publish_job(&job).await?;
-    cluster
-        .wait_event(
-            job.id,
-            "checkpointed",
-            |k| matches!(k, EventKind::Checkpointed { epoch, .. } if *epoch >= 2.0),
-        )
-        .await
-        .with_context(|| worker.log_text())?;
-    let pid = worker.pid().context("the worker exited")?;
-    let closed = close_connections_of(&cluster.prefix, pid).await?;
+    let mut stack = Stack::new("wreconnect").await?;
+    stack.start_coordinator(&[]).await?;
+    stack.start_worker(&[EVERY_EPOCH])?;
+    let data = stack.upload_examples(&examples(8)?).await?;
+    let id = stack.submit_scratch(&data, 60, json!({})).await?;
+    stack.wait_checkpoint(&id, 2.0).await?;
+    let pid = stack.workers[0].pid().context("the worker exited")?;
+    let closed = close_connections_of(&stack.cluster.prefix, pid).await?;
     ensure!(closed == 1, "closed {closed} connections of pid {pid}");
     ensure!(
-        succeeded(&cluster.events_of(job.id)) == 0,
+        stack.job(&id).await?["state"] == "running",
         "the job finished before the connection was closed: make it longer"
     );
 
-    cluster
-        .wait_final(job.id)
-        .await
-        .with_context(|| worker.log_text())?;
-    let events = settle(&cluster, job.id).await;
-    let log = worker.log_text();
-    let kinds = names(&events);
-    ensure!(
-        succeeded(&events) == 1 && failed(&events) == 0,
-        "expected one succeeded and no failed: {kinds:?}; log:\n{log}"
-    );
+    let job = stack.wait_succeeded(&id).await?;
+    let log = stack.workers[0].log_text();
     ensure!(
         log.contains("reconnected to rabbitmq"),
         "no reconnection in the log:\n{log}"
     );
-    // A second attempt (the broker's redelivery) may only resume, never start over.
-    let starts = started_from(&events);
+    // The same attempt went on under its lease: one start, from scratch, no hand-back.
+    let starts = started_from(&job);
     ensure!(
-        starts.first() == Some(&None) && starts[1..].iter().all(|s| s.is_some_and(|e| e > 0.0)),
-        "started events: {starts:?}; log:\n{log}"
+        starts == [None] && count(&job, "released") == 0 && job["failures"] == 0,
+        "started events: {starts:?}, failures {}; log:\n{log}",
+        job["failures"]
     );
-    check_version(&cluster, 1).await?;
-    ensure!(cluster.versions().await? == vec![Version::first()]);
-    drop(worker);
-    cluster.cleanup().await;
-    Ok(())
-}
-
-/// Kill points: how many, the job's epochs, and the longest extra wait past a kill point's epoch
-/// (so the kill lands anywhere in an epoch: training, a checkpoint upload, an event).
-const KILLS: usize = 10;
-const KILL_EPOCHS: u32 = 120;
-const KILL_JITTER: Duration = Duration::from_millis(250);
-
-/// The furthest epoch an attempt of `worker_id` reported (progress or checkpointed).
-fn reached_epoch(events: &[Event], worker_id: &str) -> Option<f64> {
-    events
-        .iter()
-        .filter(|e| e.worker_id.as_str() == worker_id)
-        .filter_map(|e| match e.kind {
-            EventKind::Progress { epoch, .. } | EventKind::Checkpointed { epoch, .. } => {
-                Some(epoch)
-            }
-            _ => None,
-        })
-        .reduce(f64::max)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_killed_at_ten_random_points_resumes_and_stores_one_version() -> Result<()> {
-    let seed: u64 = env_or("REFIT_TEST_KILL_SEED", "1")
-        .parse()
-        .context("REFIT_TEST_KILL_SEED")?;
-    let mut rng = StdRng::seed_from_u64(seed);
-    // Kill points spread over the training: random epochs (sorted), each plus a random delay.
-    let mut points: Vec<(f64, Duration)> = (0..KILLS)
-        .map(|_| {
-            (
-                rng.random_range(0.0..f64::from(KILL_EPOCHS - 10)),
-                rng.random_range(Duration::ZERO..KILL_JITTER),
-            )
-        })
-        .collect();
-    points.sort_by(|a, b| a.0.total_cmp(&b.0));
-    // Eleven deliveries of one job: above the default delivery limit (5), which would
-    // dead-letter it as a poison message, by design.
-    let mut cluster = WorkerTest::start_with(
-        "kill10",
-        ClusterOptions {
-            delivery_limit: Some(30),
-            ..ClusterOptions::default()
-        },
-    )
-    .await?;
-    let data = cluster.dataset(&examples(8)?).await?;
-    let job = cluster.job(1, None, data, Budget::Epochs(KILL_EPOCHS));
-    cluster.publisher.publish_job(&job).await?;
-
-    let started_at = Instant::now();
-    for (round, &(epoch, jitter)) in points.iter().enumerate() {
-        let id = format!("kill-{round}");
-        let worker = cluster.start_worker(&[EVERY_EPOCH, ("REFIT__WORKER__ID", &id)])?;
-        // This attempt's `started`, then its progress up to the kill point's epoch (at once
-        // when it resumed past it).
-        let what = format!("round {round}: epoch {epoch:.1}");
-        wait_until_every(&what, WAIT, Duration::from_millis(10), async || {
-            let events = cluster.events_of(job.id);
-            let started = events
-                .iter()
-                .any(|e| e.worker_id.as_str() == id && matches!(e.kind, EventKind::Started { .. }));
-            let resumed = last_checkpoint(&events).unwrap_or(0.0);
-            let reached = reached_epoch(&events, &id).unwrap_or(0.0).max(resumed);
-            ensure!(
-                worker.running(),
-                "round {round}: the worker exited; log:\n{}",
-                worker.tail(40)
-            );
-            Ok(done_if(started && reached >= epoch, (), || {
-                format!("events: {:?}", names(&events))
-            }))
-        })
-        .await?;
-        tokio::time::sleep(jitter).await;
-        worker.kill9()?;
-        let events = cluster.events_of(job.id);
-        ensure!(
-            succeeded(&events) == 0,
-            "round {round}: the job finished before the last kill: make it longer"
-        );
-        eprintln!(
-            "kill round {round}: at epoch {epoch:.1} + {jitter:?}, last checkpoint {:?}, {:?} in",
-            last_checkpoint(&events),
-            started_at.elapsed()
-        );
-    }
-    let last = cluster.start_worker(&[EVERY_EPOCH, ("REFIT__WORKER__ID", "kill-last")])?;
-    cluster
-        .wait_final(job.id)
-        .await
-        .with_context(|| last.log_text())?;
-    let events = settle(&cluster, job.id).await;
-
-    // Each attempt resumes from at least the newest checkpoint reported before it started.
-    let mut checkpoint: Option<f64> = None;
-    let mut resumed = Vec::new();
-    for event in &events {
-        match event.kind {
-            EventKind::Checkpointed { epoch, .. } => checkpoint = Some(epoch),
-            EventKind::Started {
-                resumed_from_epoch, ..
-            } => {
-                resumed.push(resumed_from_epoch);
-                if let Some(done) = checkpoint {
-                    ensure!(
-                        resumed_from_epoch.is_some_and(|e| e > 0.0 && e >= done),
-                        "{} started from {resumed_from_epoch:?} after a checkpoint at epoch \
-                         {done}",
-                        event.worker_id
-                    );
-                }
-            }
-            _ => {}
-        }
-    }
-    let kinds = names(&events);
-    ensure!(
-        resumed.len() == KILLS + 1,
-        "{} started events for {} workers: {kinds:?}",
-        resumed.len(),
-        KILLS + 1
-    );
-    ensure!(
-        succeeded(&events) == 1 && failed(&events) == 0,
-        "{kinds:?}; log:\n{}",
-        last.log_text()
-    );
-    check_version(&cluster, 1).await?;
-    ensure!(cluster.versions().await? == vec![Version::first()]);
-    eprintln!(
-        "kill test: seed {seed}, resumed from {resumed:?}, {:?} in all",
-        started_at.elapsed()
-    );
-    drop(last);
-    cluster.cleanup().await;
-    Ok(())
+    check_committed(&stack, &job).await?;
+    ensure!(stack.versions().await? == [1]);
+    stack.finish().await
 }

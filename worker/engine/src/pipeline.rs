@@ -187,6 +187,9 @@ pub fn version_files(model: &NluModel, data: &TrainingData, info: &VersionInfo) 
         files: BTreeMap::new(),
         refit_version: REFIT_VERSION.to_owned(),
         created_at: Utc::now(),
+        // Set by the coordinator when it commits a job's upload.
+        job_id: None,
+        attempt_id: None,
     };
     VersionFiles::new(manifest, files)
 }

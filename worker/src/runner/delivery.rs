@@ -1,178 +1,247 @@
-//! One delivery, from decoding to settling: [`handle`] decodes the job, runs its attempt (see
-//! `job`) while watching the delivery's channel, and settles the delivery exactly once (ack,
-//! nack with requeue, or reject) according to how the attempt ended.
+//! One delivery: decode the job, claim its lease, settle the delivery, run the attempt, report
+//! how it ended ([`handle`]).
+//!
+//! The delivery is settled as soon as the claim is answered: acked when the lease is granted
+//! (from then on the lease, not the delivery, keeps the job: the coordinator queues it again if
+//! the lease is let go or lapses) or refused (a duplicate, a finished or cancelled job), nacked
+//! when the worker shuts down before an answer, rejected (dead-lettered) when it does not decode.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use refit_io::queue::{Delivery, QueueError};
-use refit_proto::{ErrorKind, EventKind, JobId, JobSpec};
-use tokio_util::sync::CancellationToken;
+use refit_proto::{AttemptId, Control, ErrorKind, EventKind, JobSpec, ResumePoint};
+use tokio::sync::mpsc;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use super::Shared;
+use super::attempt::{Stop, StopReason};
+use super::fault;
 use super::job::Job;
 use super::report::{Heartbeat, JobStatus, Reporter};
-use super::resume;
 use super::retry::JobError;
 
-/// How often a running job checks that its delivery's channel is still open.
-const DELIVERY_CHECK: Duration = Duration::from_millis(250);
+/// How long a claim waits for its answer before it is sent again (the coordinator answers a
+/// repeated claim the same way; the repeat carries the current inbox, which changes when the
+/// connection does).
+const CLAIM_RESEND: Duration = Duration::from_secs(10);
 
-/// Handles one delivery and settles it: exactly one of ack, nack with requeue, or reject.
+/// Handles one delivery and settles it exactly once: ack, nack with requeue, or reject.
 pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery) {
     let attempt = delivery.attempt();
     let job: JobSpec = match delivery.decode() {
         Ok(job) => job,
         Err(err) => {
-            // The message id is the job id for refit's publishers: tell the coordinator.
-            let job_id = delivery
-                .message_id()
-                .and_then(|id| id.parse::<JobId>().ok());
-            error!(error = %err, job_id = ?job_id, attempt, "cannot decode a job message; dead-lettering it");
-            if let Some(job_id) = job_id {
-                let reporter = Reporter::new(
-                    shared.publisher.clone(),
-                    job_id,
-                    attempt,
-                    shared.worker_id.clone(),
-                );
-                let kind = EventKind::Failed {
-                    error: format!("undecodable job message: {err}"),
-                    error_kind: ErrorKind::Permanent,
-                };
-                publish_final(&shared, &reporter, kind).await;
-            }
+            error!(
+                error = %err,
+                message_id = ?delivery.message_id(),
+                attempt,
+                "cannot decode a job message; dead-lettering it"
+            );
             settled("reject", delivery.reject().await);
             return;
         }
     };
+    let attempt_id = AttemptId::new();
     let span = info_span!(
         "job",
         job_id = %job.id,
         attempt,
+        %attempt_id,
         worker_id = %shared.worker_id,
         model = %job.model,
         version = %job.output_version,
     );
-    run(shared, delivery, job, attempt).instrument(span).await;
+    run(shared, delivery, job, attempt, attempt_id)
+        .instrument(span)
+        .await;
 }
 
-async fn run(shared: Arc<Shared>, delivery: Delivery, job: JobSpec, attempt: u32) {
-    let cancel = shared.register(job.id);
+/// The coordinator's answer to a claim.
+enum Claim {
+    Granted {
+        fence: u64,
+        lease_secs: u64,
+        resume: Option<ResumePoint>,
+    },
+    Refused(String),
+    /// The worker shuts down before an answer came.
+    Shutdown,
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    delivery: Delivery,
+    job: JobSpec,
+    attempt: u32,
+    attempt_id: AttemptId,
+) {
+    let mut controls = shared.attempts.register(job.id, attempt_id);
     let reporter = Reporter::new(
         shared.publisher.clone(),
         job.id,
         attempt,
         shared.worker_id.clone(),
+        attempt_id,
+        shared.inbox.clone(),
     );
+    info!(mode = %job.mode, redelivered = delivery.redelivered(), "job received; claiming it");
+    let (fence, lease_secs, resume) = match claim(&shared, &reporter, &mut controls).await {
+        Claim::Granted {
+            fence,
+            lease_secs,
+            resume,
+        } => (fence, lease_secs, resume),
+        Claim::Refused(reason) => {
+            info!(%reason, "the coordinator refused the claim; dropping this delivery");
+            settled("ack", delivery.ack().await);
+            shared.attempts.unregister(attempt_id);
+            return;
+        }
+        Claim::Shutdown => {
+            info!("shutting down before the claim was answered; handing the job back");
+            // Lets go of a lease granted after all, so the job is not held until it lapses.
+            reporter
+                .send_best_effort(EventKind::Released {
+                    reason: "the worker shut down while claiming the job".into(),
+                })
+                .await;
+            settled("nack", delivery.nack_requeue().await);
+            shared.attempts.unregister(attempt_id);
+            return;
+        }
+    };
+    reporter.set_fence(fence);
+    info!(fence, lease_secs, "lease granted");
+    // The lease holds the job from here: the coordinator queues it again if the lease lapses.
+    shared.before_ack().await;
+    settled("ack", delivery.ack().await);
+    fault::at("granted").await;
+
+    let stop = Stop::new();
+    let watcher = tokio::spawn(watch_controls(
+        controls,
+        stop.clone(),
+        shared.shutdown.clone(),
+    ));
     let status = JobStatus::new();
     let heartbeat = Heartbeat::start(
         reporter.clone(),
         status.clone(),
         Duration::from_secs(shared.settings.heartbeat_secs),
+        Duration::from_secs(lease_secs.max(1)),
+        stop.clone(),
     );
-    info!(mode = %job.mode, redelivered = delivery.redelivered(), "job received");
-    // Stops the attempt at its next step, as a shutdown does: the worker's shutdown, or the loss
-    // of the delivery's channel (see `watch_delivery`).
-    let handback = shared.shutdown.child_token();
-    let lost = CancellationToken::new();
-    let done = CancellationToken::new();
-    let work = async {
-        let outcome = Job {
-            shared: &shared,
-            job: &job,
-            reporter: &reporter,
-            status: &status,
-            cancel: &cancel,
-            handback: &handback,
-            lost: &lost,
-        }
-        .execute()
-        .await;
-        done.cancel();
-        outcome
-    };
-    let (outcome, ()) = tokio::join!(work, watch_delivery(&delivery, &done, &lost, &handback));
+    let outcome = Job {
+        shared: &shared,
+        job: &job,
+        reporter: &reporter,
+        status: &status,
+        stop: &stop,
+        resume: resume.as_ref(),
+    }
+    .execute()
+    .await;
     drop(heartbeat);
-    shared.unregister(job.id);
+    watcher.abort();
+    shared.attempts.unregister(attempt_id);
 
-    let store = &*shared.store;
-    match outcome {
-        Ok(()) => {
-            settled("ack", delivery.ack().await);
-            resume::delete(store, job.id).await;
-        }
-        Err(JobError::Cancelled) => {
-            info!("job cancelled");
-            publish_final(&shared, &reporter, EventKind::Cancelled).await;
-            settled("ack", delivery.ack().await);
-            resume::delete(store, job.id).await;
-        }
-        Err(JobError::Shutdown) => {
-            info!("handing the job back to the queue for another worker");
-            settled("nack", delivery.nack_requeue().await);
-        }
-        Err(JobError::Lost) => {
-            info!("stopped: the broker has requeued the job and delivers it again");
-            // Fails (the channel is gone); kept for a channel that only looked closed.
-            settled("nack", delivery.nack_requeue().await);
-        }
+    let kind = match outcome {
+        Ok(()) => return,
+        Err(JobError::Stopped) => match stop.reason() {
+            Some(StopReason::Cancelled) => {
+                info!("job cancelled");
+                EventKind::Cancelled
+            }
+            Some(StopReason::HandBack) => {
+                info!("handing the job back for another worker");
+                EventKind::Released {
+                    reason: "the worker is shutting down".into(),
+                }
+            }
+            Some(StopReason::Revoked(reason)) => {
+                warn!(%reason, "stopped: this attempt no longer holds the job's lease");
+                return;
+            }
+            None => {
+                error!("the attempt stopped without a reason; reporting nothing");
+                return;
+            }
+        },
         Err(JobError::Permanent(reason)) => {
-            error!(%reason, "job failed permanently; dead-lettering it");
-            let kind = EventKind::Failed {
+            error!(%reason, "job failed permanently");
+            EventKind::Failed {
                 error: reason,
                 error_kind: ErrorKind::Permanent,
-            };
-            publish_final(&shared, &reporter, kind).await;
-            settled("reject", delivery.reject().await);
-            resume::delete(store, job.id).await;
+            }
         }
         Err(JobError::Transient(reason)) => {
-            warn!(%reason, "job failed transiently; requeueing it");
-            let kind = EventKind::Failed {
+            warn!(%reason, "job failed transiently; the coordinator queues it again");
+            EventKind::Failed {
                 error: reason,
                 error_kind: ErrorKind::Transient,
-            };
-            publish_final(&shared, &reporter, kind).await;
-            settled("nack", delivery.nack_requeue().await);
+            }
+        }
+    };
+    publish_final(&shared, &reporter, kind).await;
+}
+
+/// Sends the claim (again every [`CLAIM_RESEND`]) until the coordinator answers or the worker
+/// shuts down.
+async fn claim(
+    shared: &Shared,
+    reporter: &Reporter,
+    controls: &mut mpsc::UnboundedReceiver<Control>,
+) -> Claim {
+    loop {
+        if let Err(error) = reporter.send(EventKind::Claim).await {
+            warn!(%error, "failed to send the claim; trying again");
+        }
+        tokio::select! {
+            biased;
+            () = shared.shutdown.cancelled() => return Claim::Shutdown,
+            control = controls.recv() => match control {
+                Some(Control::Granted { fence, lease_secs, resume, .. }) => {
+                    return Claim::Granted { fence, lease_secs, resume };
+                }
+                Some(Control::Refused { reason, .. } | Control::Revoked { reason, .. }) => {
+                    return Claim::Refused(reason);
+                }
+                Some(Control::Cancel { .. }) => return Claim::Refused("cancelled".into()),
+                None => return Claim::Shutdown,
+            },
+            () = tokio::time::sleep(CLAIM_RESEND) => {}
         }
     }
 }
 
-/// Watches the delivery's channel until `done`. When it closes (the connection to RabbitMQ was
-/// lost, or the broker closed the channel, e.g. at its consumer timeout), the broker has
-/// requeued the job already and delivers it again, here or to another worker, while an ack from
-/// this attempt can no longer reach it. Training on would run the job twice at once and report
-/// `succeeded` twice; so the attempt stops at its next step, uploads its latest epoch-boundary
-/// checkpoint as on shutdown, and the redelivery resumes from it (or, if the version got stored,
-/// reports `succeeded` without training).
-async fn watch_delivery(
-    delivery: &Delivery,
-    done: &CancellationToken,
-    lost: &CancellationToken,
-    handback: &CancellationToken,
+/// Stops the attempt when the coordinator cancels it or takes its lease back, or the worker
+/// shuts down.
+async fn watch_controls(
+    mut controls: mpsc::UnboundedReceiver<Control>,
+    stop: Stop,
+    shutdown: tokio_util::sync::CancellationToken,
 ) {
     loop {
         tokio::select! {
             biased;
-            () = done.cancelled() => return,
-            () = tokio::time::sleep(DELIVERY_CHECK) => {}
-        }
-        if !delivery.is_live() {
-            warn!(
-                "the job's delivery was lost with its channel (broker connection lost?); \
-                 stopping this attempt, the broker delivers the job again"
-            );
-            lost.cancel();
-            handback.cancel();
-            return;
+            () = shutdown.cancelled() => {
+                stop.stop(StopReason::HandBack);
+                return;
+            }
+            control = controls.recv() => match control {
+                Some(Control::Cancel { .. }) => stop.stop(StopReason::Cancelled),
+                Some(Control::Revoked { reason, .. }) => stop.stop(StopReason::Revoked(reason)),
+                // A repeated grant (the answer to a repeated claim) changes nothing.
+                Some(Control::Granted { .. } | Control::Refused { .. }) => {}
+                None => return,
+            },
         }
     }
 }
 
-/// Publishes an attempt's last event with retries; a failure is logged (the delivery is settled
-/// regardless: the dead-letter queue or the redelivery keeps the job).
+/// Publishes an attempt's last event with retries; a failure is logged (the coordinator lets the
+/// lease lapse and queues the job again).
 async fn publish_final(shared: &Shared, reporter: &Reporter, kind: EventKind) {
     let name = kind.name();
     if let Err(err) = shared
@@ -185,12 +254,9 @@ async fn publish_final(shared: &Shared, reporter: &Reporter, kind: EventKind) {
 }
 
 fn settled(op: &'static str, result: Result<(), QueueError>) {
-    match result {
-        Ok(()) => {}
-        // The channel is gone; the broker delivers the job again, and the redelivery finds the
-        // stored version (or the resume checkpoint).
-        Err(err) => {
-            warn!(error = %err, op, "failed to settle the delivery; the broker will redeliver it")
-        }
+    if let Err(err) = result {
+        // The channel is gone; the broker delivers the job again, and the coordinator answers
+        // the redelivery's claim.
+        warn!(error = %err, op, "failed to settle the delivery; the broker will redeliver it");
     }
 }

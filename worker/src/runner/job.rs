@@ -1,6 +1,8 @@
-//! One attempt of one job, step by step: check for the stored version, read the base and the
-//! data, resume or start a model through the training pipeline (`refit_engine::pipeline`), train
-//! (see `train`), evaluate, write the version through the registry, report `succeeded`.
+//! One attempt of one job, step by step, once its lease is granted: read the base and the data,
+//! resume (from the resume point the grant carried) or start a model through the training
+//! pipeline (`refit_engine::pipeline`), train (see `train`), evaluate, upload the version's files
+//! under the attempt's own folder (`refit_io::registry`), report `succeeded` with them. The
+//! coordinator then commits them as the version.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,15 +12,15 @@ use std::time::Instant;
 use bytes::Bytes;
 use refit_engine::pipeline::{self, BaseVersion, Start, VersionInfo};
 use refit_engine::trainer::NluModel;
-use refit_io::registry::RegistryError;
 use refit_proto::data::{Format, TrainingData, parse_bytes};
-use refit_proto::{ArchSpec, DatasetRef, EventKind, JobSpec, Manifest, Metrics, Mode, Version};
-use tokio_util::sync::CancellationToken;
+use refit_proto::{ArchSpec, DatasetRef, EventKind, JobSpec, Manifest, Metrics, Mode, ResumePoint};
 use tracing::info;
 
 use super::Shared;
+use super::attempt::Stop;
+use super::fault;
 use super::report::{JobStatus, Reporter};
-use super::resume::{self, Expect, ResumeMarker};
+use super::resume;
 use super::retry::JobError;
 
 /// One attempt of one job.
@@ -27,11 +29,10 @@ pub(super) struct Job<'a> {
     pub(super) job: &'a JobSpec,
     pub(super) reporter: &'a Reporter,
     pub(super) status: &'a JobStatus,
-    pub(super) cancel: &'a CancellationToken,
-    /// Cancelled on shutdown or when the delivery is lost: stop and leave a resume checkpoint.
-    pub(super) handback: &'a CancellationToken,
-    /// Cancelled when the delivery is lost (its channel closed).
-    pub(super) lost: &'a CancellationToken,
+    /// Ends the attempt at its next step (cancel, lease lost, shutdown).
+    pub(super) stop: &'a Stop,
+    /// Where an earlier attempt left off, from the grant.
+    pub(super) resume: Option<&'a ResumePoint>,
 }
 
 impl Job<'_> {
@@ -42,24 +43,6 @@ impl Job<'_> {
         let retry = &self.shared.retry;
         let started = Instant::now();
         let mut timings = BTreeMap::new();
-
-        // At least once: a redelivered job whose version is stored is done.
-        let existing = retry
-            .run("check for the output version", || {
-                registry.manifest(&job.model, job.output_version)
-            })
-            .await;
-        match existing {
-            Ok(manifest) => return self.already_done(manifest).await,
-            Err(RegistryError::NotFound { .. }) => {}
-            Err(e) => {
-                return Err(JobError::registry(format!(
-                    "failed to check for output version {}",
-                    job.output_version
-                ))(e));
-            }
-        }
-        self.check_stop()?;
 
         let mode = match (job.mode, job.base_version) {
             (Mode::Auto, Some(_)) => Mode::Finetune,
@@ -95,14 +78,14 @@ impl Job<'_> {
         };
         self.check_stop()?;
 
-        let expect = Expect {
-            job_id: job.id,
-            dataset_sha256: &job.dataset.sha256,
-            total_epochs,
-            arch_fingerprint: arch.fingerprint(),
+        let resumed = match self.resume {
+            Some(point) => resume::load(store, retry, job.id, point, &arch)
+                .await?
+                .map(|model| (model, point.epochs_done)),
+            None => None,
         };
-        let (model, resumed_from) = match resume::load(store, retry, &expect).await? {
-            Some((model, marker)) => (model, Some(marker.epochs_done)),
+        let (model, resumed_from) = match resumed {
+            Some((model, epochs_done)) => (model, Some(epochs_done)),
             None => (self.fresh_model(base.as_ref(), &arch, &data).await?, None),
         };
         timings.insert("download".to_owned(), started.elapsed().as_secs_f64());
@@ -116,28 +99,10 @@ impl Job<'_> {
             .await;
         info!(total_epochs, resumed_from_epoch = ?resumed_from, examples = data.len(), "training");
         self.status.set_phase("train");
+        fault::at("train").await;
         let train_started = Instant::now();
-        let marker = ResumeMarker {
-            job_id: job.id,
-            epochs_done: 0,
-            total_epochs,
-            step: 0,
-            dataset_sha256: job.dataset.sha256.clone(),
-            arch: arch.clone(),
-            checkpoint_sha256: String::new(),
-            vocab_sha256: String::new(),
-            checkpoint_file: String::new(),
-            vocab_file: String::new(),
-            written_at: chrono::Utc::now(),
-        };
         let model = self
-            .train(
-                model,
-                data.clone(),
-                total_epochs,
-                resumed_from.unwrap_or(0),
-                marker,
-            )
+            .train(model, data.clone(), total_epochs, resumed_from.unwrap_or(0))
             .await?;
         timings.insert("train".to_owned(), train_started.elapsed().as_secs_f64());
 
@@ -191,7 +156,9 @@ impl Job<'_> {
         started: Instant,
     ) -> Result<(), JobError> {
         let job = self.job;
+        self.check_stop()?;
         self.status.set_phase("upload");
+        fault::at("upload").await;
         let t = Instant::now();
         let info = VersionInfo {
             model: job.model.clone(),
@@ -206,60 +173,39 @@ impl Job<'_> {
         let data = data.clone();
         let files = blocking(move || pipeline::version_files(&model, &data, &info)).await?;
         let registry = &self.shared.registry;
-        self.shared
+        let attempt = self.reporter.attempt_id();
+        let uploaded = self
+            .shared
             .retry
-            .run("upload the version", || registry.write_version(&files))
+            .run("upload the version", || {
+                registry.upload_attempt(attempt, &files)
+            })
             .await
             .map_err(JobError::registry("failed to upload the version"))?;
         timings.insert("upload".to_owned(), t.elapsed().as_secs_f64());
         timings.insert("total".to_owned(), started.elapsed().as_secs_f64());
-        info!(version = %job.output_version, "version stored");
-        self.succeed(job.output_version, metrics, timings).await
-    }
-
-    async fn already_done(&self, manifest: Manifest) -> Result<(), JobError> {
-        if manifest.data.sha256 != self.job.dataset.sha256 {
-            return Err(JobError::Permanent(format!(
-                "output version {} of model {} already exists and was trained on other data \
-                 (sha256 {}, this job's is {})",
-                manifest.version, manifest.model, manifest.data.sha256, self.job.dataset.sha256
-            )));
-        }
-        info!("the output version is already stored; reporting success again without training");
-        self.succeed(manifest.version, manifest.metrics, manifest.timings)
-            .await
-    }
-
-    /// `succeeded`, confirmed by the broker (the delivery is acked only after it).
-    async fn succeed(
-        &self,
-        version: Version,
-        metrics: Option<Metrics>,
-        timings: BTreeMap<String, f64>,
-    ) -> Result<(), JobError> {
-        if self.lost.is_cancelled() {
-            // The redelivery reports it (it finds the stored version), and acks.
-            return Err(JobError::Lost);
-        }
+        info!(version = %job.output_version, "version uploaded; reporting it for commit");
+        fault::at("uploaded").await;
+        // A lease lost meanwhile: the upload stays an orphan the coordinator deletes.
+        self.check_stop()?;
         let kind = EventKind::Succeeded {
-            version,
+            version: job.output_version,
             metrics,
             timings,
+            files: uploaded,
         };
         self.shared
             .retry
             .run("publish succeeded", || self.reporter.send(kind.clone()))
             .await
-            .map_err(JobError::queue("failed to publish the succeeded event"))
+            .map_err(JobError::queue("failed to publish the succeeded event"))?;
+        fault::at("succeeded").await;
+        Ok(())
     }
 
-    fn check_stop(&self) -> Result<(), JobError> {
-        if self.cancel.is_cancelled() {
-            Err(JobError::Cancelled)
-        } else if self.lost.is_cancelled() {
-            Err(JobError::Lost)
-        } else if self.handback.is_cancelled() {
-            Err(JobError::Shutdown)
+    pub(super) fn check_stop(&self) -> Result<(), JobError> {
+        if self.stop.is_stopped() {
+            Err(JobError::Stopped)
         } else {
             Ok(())
         }

@@ -1,88 +1,77 @@
-//! The worker service's job loop: consume `<prefix>.jobs.<pool>`, train, store the version,
-//! report, settle the delivery. [`run`] is the entry point; `refit-worker`'s `main` only parses
-//! arguments, loads the config and wires SIGINT/SIGTERM to the token it passes.
+//! The worker service's job loop: consume `<prefix>.jobs.<pool>`, claim each job's lease from the
+//! coordinator, train, upload the version's files, report. [`run`] is the entry point;
+//! `refit-worker`'s `main` only parses arguments, loads the config and wires SIGINT/SIGTERM to
+//! the token it passes.
 //!
-//! ## A job's life in the worker (DESIGN §2)
+//! ## A job's life in the worker (DESIGN §2, §6 "Ownership")
 //!
-//! 1. **Decode.** Garbage or an unknown schema version: `failed{permanent}` when the message id
-//!    names a job, then `reject` (→ `<prefix>.jobs.dead`).
-//! 2. **Already done?** The output version's manifest exists (written last, it is the commit
-//!    marker): publish `succeeded` again with the stored metrics, ack, no training. A manifest
-//!    for other data is a permanent failure (the coordinator assigned one version twice).
+//! 1. **Decode.** Garbage or an unknown schema version: `reject` (→ `<prefix>.jobs.dead`, where
+//!    the coordinator sees it).
+//! 2. **Claim.** The attempt draws an id and sends `claim` with the worker's inbox (an exclusive
+//!    queue only this connection reads) as `reply_to`, again every 10 s until the coordinator
+//!    answers. `refused` (another attempt holds the job, it is done, cancelled or unknown): ack
+//!    the delivery and drop it. `granted`: ack the delivery: from now on the **lease** keeps the
+//!    job, not the delivery, so the broker's consumer timeout no longer limits a job's length
+//!    and a lost connection does not stop the attempt. Every later event carries the attempt's
+//!    id and the lease's fencing token.
 //! 3. **Download** the dataset (and eval dataset), sha256-checked against the job; for a
-//!    fine-tune the base manifest and, unless resuming, the base version (through the registry,
-//!    `refit_io::registry`: every file sha256-checked against its manifest).
-//! 4. **Resume** from `jobs/<id>/resume/` (see `resume`) when an earlier attempt left a usable
-//!    checkpoint; `started.resumed_from_epoch` says from which epoch.
+//!    fine-tune the base version (through the registry, `refit_io::registry`: every file
+//!    sha256-checked against its manifest).
+//! 4. **Resume** from the resume point the grant carried (an earlier attempt's checkpoint, see
+//!    `resume`); `started.resumed_from_epoch` says from which epoch.
 //! 5. **Train** on a blocking thread (`spawn_blocking`). The observer sends `progress` at most
-//!    once per second (the first step and the last are always reported; epochs shorter than a
-//!    second share one event), stops within one step on cancel or shutdown, and every
+//!    once per second, stops within one step when the attempt is stopped, and every
 //!    `resume_every_epochs` epochs or `resume_every_secs` seconds hands an epoch-boundary
-//!    checkpoint to the job's task, which uploads it with the vocabulary and a `resume.json`
-//!    marker and publishes `checkpointed`. A failed checkpoint upload is logged with the age of
-//!    the last good one (also in every heartbeat) and training goes on.
+//!    checkpoint to the job's task, which uploads it under the attempt's prefix and reports it
+//!    (`checkpointed` with the resume point). A failed checkpoint upload is logged with the age
+//!    of the last good one (also in every heartbeat) and training goes on.
 //! 6. **Evaluate** on `eval_dataset` if the job has one, **export**, **upload** the version's
-//!    files with the manifest last, publish `succeeded` with a publisher confirm, and only then
-//!    **ack**; the resume checkpoint is deleted after.
+//!    files under `models/<m>/v<N>/<attempt>/` (the draft manifest last), and publish
+//!    `succeeded` with them (confirmed). The coordinator commits them as the version if the
+//!    attempt still holds the lease; an upload it does not commit never becomes a version.
 //!
 //! `heartbeat` events go out every `heartbeat_secs` for the whole attempt, with the phase
-//! (`download`, `train`, `evaluate`, `upload`, `checkpoint`) and the resume checkpoint's age.
-//! Apart from jobs, the worker reports its presence ([`refit_proto::WorkerStatus`], routing key
-//! `worker.<id>.online`) when it starts and every `presence_secs`, and `worker.<id>.stopping` when
-//! a shutdown begins, so the coordinator lists idle workers and tells a stopped one from a lost one.
+//! (`download`, `train`, `evaluate`, `upload`, `checkpoint`) and the resume checkpoint's age; they
+//! renew the lease. An attempt stops when the coordinator revokes its lease (it lapsed while the
+//! worker was cut off, or another attempt took the job over) or when no heartbeat has reached the
+//! broker for a whole lease. Apart from jobs, the worker reports its presence
+//! ([`refit_proto::WorkerStatus`], routing key `worker.<id>.online`) when it starts and every
+//! `presence_secs`, and `worker.<id>.stopping` when a shutdown begins.
 //!
-//! ## Failures
+//! ## How an attempt ends
 //!
-//! | what | event | delivery |
+//! | what | event | the coordinator |
 //! | --- | --- | --- |
-//! | bad data, unknown label, corrupt or missing base checkpoint, bad budget | `failed{permanent}` | `reject` → dead-letter |
-//! | S3 or broker still failing after `retry_attempts` tries (backoff with jitter) | `failed{transient}` | `nack` + requeue |
-//! | `cancel` on `<prefix>.control` | `cancelled` | `ack` |
-//! | SIGTERM / SIGINT | (`checkpointed`) | `nack` + requeue |
-//! | the delivery's channel closes (connection lost) | (`checkpointed`) | none possible: the broker has requeued it |
+//! | version uploaded | `succeeded` | commits it (if the attempt holds the lease) |
+//! | bad data, unknown label, corrupt or missing base checkpoint, bad budget | `failed{permanent}` | fails the job |
+//! | S3 or broker still failing after `retry_attempts` tries (backoff with jitter) | `failed{transient}` | queues the job again, counting a failure |
+//! | `cancel` | `cancelled` | marks the job cancelled |
+//! | SIGTERM / SIGINT | (`checkpointed`), `released` | queues the job again, counting nothing |
+//! | lease revoked or lapsed | none | (has queued the job again already) |
+//! | the worker dies | none | queues the job again when the lease lapses, counting a crash |
 //!
-//! Every path settles the delivery explicitly; a failure to settle (channel gone) is logged and
-//! the broker redelivers. A job whose delivery's channel closes while it runs (the connection
-//! to RabbitMQ dropped; the broker requeues the job at once) stops at its next step as on
-//! shutdown, leaving a resume checkpoint, and publishes no `succeeded`: the redelivery, here
-//! after the reconnection or on another worker, resumes from the checkpoint or finds the stored
-//! version, so the job is neither trained twice at once nor reported twice. A job that keeps
-//! failing transiently, or a poison message that kills workers, is dead-lettered by the quorum
-//! queue's delivery limit. The worker keeps running after any job failure.
-//!
-//! ## Jobs longer than the broker's consumer (ack) timeout
-//!
-//! A delivery stays unacked for the whole job, so a job must finish within RabbitMQ's consumer
-//! timeout (30 minutes by default), or the broker closes the worker's channel and redelivers the
-//! job. refit's choice is to **raise the timeout above the longest job** rather than ack early
-//! with a lease of our own: `queue.consumer_timeout_ms` sets the per-queue `x-consumer-timeout`
-//! (RabbitMQ ≥ 3.11.15), and on older brokers the broker-wide `consumer_timeout` is raised
-//! (`deploy/README.md`, "Long jobs"). Early ack would make a worker that dies mid-job lose the
-//! job, which the at-least-once design forbids. If the timeout is hit anyway, nothing is lost or
-//! trained twice at the same time for long: the running attempt sees its channel close and stops
-//! at its next step with a resume checkpoint, the redelivered attempt resumes from it instead of
-//! restarting, and an
-//! attempt that finds the version's manifest stored only reports `succeeded` again. Two attempts
-//! writing the same version write the same key layout, the manifest last, so readers never see
-//! a half-written version.
+//! The worker keeps running after any attempt's failure. Test-only fault hooks: `fault`.
 //!
 //! ## Shutdown
 //!
 //! On the root token: stop taking deliveries (`basic.cancel`; prefetched ones go back), let
-//! running jobs stop at their next training step, upload the latest epoch-boundary checkpoint as
-//! the resume checkpoint (at most one epoch of work is lost), nack them with requeue, then close
-//! the connection; jobs still running after `shutdown_deadline_secs` are dropped, which requeues
-//! their deliveries too.
+//! running attempts stop at their next training step, upload the latest epoch-boundary
+//! checkpoint as a resume checkpoint (at most one epoch of work is lost) and publish `released`,
+//! then close the connection; attempts still running after `shutdown_deadline_secs` are dropped
+//! (their leases lapse).
 //!
 //! ## Layout
-//! - `delivery`: one delivery from decoding to settling (ack, nack, reject)
-//! - `job`: one attempt's steps (stored version?, download, start or resume, evaluate, upload)
+//! - `delivery`: one delivery: decode, claim, settle, run, report the end
+//! - `attempt`: the attempts running here, the routing of their control messages, `Stop`
+//! - `job`: one attempt's steps (download, start or resume, evaluate, upload)
 //! - `train`: the training thread's bridge (progress events, resume-checkpoint uploads)
 //! - `observer`: the engine-side observer of a training run; `report`: events and heartbeats
-//! - `resume`: resume checkpoints under `jobs/<id>/resume/`; `retry`: `JobError` kinds and
-//!   the in-process retry of transient failures
+//! - `resume`: resume checkpoints under `jobs/<id>/attempts/<attempt>/resume/`; `retry`:
+//!   `JobError` kinds and the in-process retry of transient failures; `fault`: test-only faults
 
+mod attempt;
 mod delivery;
+mod fault;
 mod job;
 mod observer;
 mod report;
@@ -90,28 +79,29 @@ mod resume;
 mod retry;
 mod train;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use refit_proto::{Control, JobId, WorkerId, WorkerState, WorkerStatus};
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
-
-use crate::config::{WorkerConfig, WorkerSettings};
 use refit_engine::runtime::{self, RuntimeOptions};
-use refit_io::queue::{Broker, Consumer, Publisher, close_channel};
+use refit_io::queue::{Broker, Consumer, Publisher, QueueError};
 use refit_io::registry::Registry;
 use refit_io::storage::{ObjectStore, S3Store};
+use refit_proto::{Control, WorkerId, WorkerState, WorkerStatus};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{WorkerConfig, WorkerSettings};
+use attempt::Attempts;
 use retry::Retry;
 
 /// How long one presence message may take to be confirmed.
 const PRESENCE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How many cancelled job ids are remembered for jobs not (yet) running here.
-const EARLY_CANCELS: usize = 1024;
+/// How long to wait before checking again that the coordinator declared the job queue.
+const TOPOLOGY_RETRY: Duration = Duration::from_secs(5);
 
 /// What every job task shares.
 pub(crate) struct Shared {
@@ -125,41 +115,34 @@ pub(crate) struct Shared {
     settings: WorkerSettings,
     retry: Retry,
     shutdown: CancellationToken,
-    cancels: Mutex<Cancels>,
-}
-
-#[derive(Default)]
-struct Cancels {
-    running: HashMap<JobId, CancellationToken>,
-    /// Cancelled while not running here: a later delivery of the job is cancelled at once.
-    early: VecDeque<JobId>,
+    /// This worker's inbox: its current queue name (it changes with the connection).
+    inbox: watch::Receiver<String>,
+    attempts: Attempts,
+    /// Asks the job loop for room before a granted delivery is acked (see [`Shared::before_ack`]).
+    ack_gate: mpsc::UnboundedSender<oneshot::Sender<()>>,
 }
 
 impl Shared {
-    fn register(&self, job: JobId) -> CancellationToken {
-        let token = CancellationToken::new();
-        let mut cancels = self.cancels.lock().unwrap_or_else(PoisonError::into_inner);
-        if cancels.early.contains(&job) {
-            token.cancel();
+    /// Called by an attempt whose lease was granted, before it acks its delivery: the job loop
+    /// pauses the job consumer if every slot is taken, so that the ack does not let the broker
+    /// push the next job to this worker (the prefetch count only covers unacked deliveries),
+    /// where it would wait while other workers are idle. Returns at once when the job loop has
+    /// stopped.
+    async fn before_ack(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.ack_gate.send(done).is_ok() {
+            let _ = wait.await;
         }
-        cancels.running.insert(job, token.clone());
-        token
     }
 
-    /// Publishes this worker's presence (the running jobs counted now), waiting up to
+    /// Publishes this worker's presence (the attempts running now), waiting up to
     /// [`PRESENCE_TIMEOUT`] for the confirm.
     async fn publish_presence(&self, state: WorkerState, pool: &str) -> anyhow::Result<()> {
-        let running = self
-            .cancels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .running
-            .len();
         let status = WorkerStatus {
             worker_id: self.worker_id.clone(),
             at: chrono::Utc::now(),
             state,
-            running: u32::try_from(running).unwrap_or(u32::MAX),
+            running: u32::try_from(self.attempts.len()).unwrap_or(u32::MAX),
             pool: pool.to_owned(),
         };
         // Stale after a few intervals: the next one supersedes it.
@@ -171,25 +154,6 @@ impl Shared {
         .await
         .map_err(|_| anyhow::anyhow!("no confirm within {PRESENCE_TIMEOUT:?}"))??;
         Ok(())
-    }
-
-    fn unregister(&self, job: JobId) {
-        let mut cancels = self.cancels.lock().unwrap_or_else(PoisonError::into_inner);
-        cancels.running.remove(&job);
-    }
-
-    fn cancel(&self, job: JobId) {
-        let mut cancels = self.cancels.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(token) = cancels.running.get(&job) {
-            info!(job_id = %job, "cancelling a running job");
-            token.cancel();
-        }
-        if !cancels.early.contains(&job) {
-            if cancels.early.len() >= EARLY_CANCELS {
-                cancels.early.pop_front();
-            }
-            cancels.early.push_back(job);
-        }
     }
 }
 
@@ -210,17 +174,13 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     let store: Arc<dyn ObjectStore> = Arc::new(s3);
 
     let broker = Broker::connect(&config.queue).await?;
-    let channel = broker.channel().await?;
-    let topology = broker.topology();
-    topology.declare(&channel).await?;
-    // Events are published `mandatory`: declaring the coordinator's (durable) events queue here
-    // keeps a worker that starts before the coordinator from failing on unroutable events, and
-    // keeps the events for the coordinator.
-    topology.declare_coordinator(&channel).await?;
-    close_channel(&channel, "declarations").await;
+    declare_or_wait(&broker, &shutdown).await?;
     let publisher = Arc::new(Publisher::new(&broker).await?);
+    // The inbox exists before any claim names it.
+    let (inbox_consumer, inbox) = Consumer::inbox(&broker).await?;
 
     let (attempts, initial, max) = config.retry_delays();
+    let (ack_gate, mut ack_requests) = mpsc::unbounded_channel::<oneshot::Sender<()>>();
     let shared = Arc::new(Shared {
         registry: Registry::new(store.clone()),
         store,
@@ -235,13 +195,17 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
             shutdown: shutdown.clone(),
         },
         shutdown: shutdown.clone(),
-        cancels: Mutex::new(Cancels::default()),
+        inbox,
+        attempts: Attempts::default(),
+        ack_gate,
     });
 
-    // Subscribed before any job is taken, so no cancel for a job of ours is missed.
-    let control = Consumer::control(&broker).await?;
-    let control_stop = CancellationToken::new();
-    let control_task = tokio::spawn(control_loop(control, shared.clone(), control_stop.clone()));
+    let inbox_stop = CancellationToken::new();
+    let inbox_task = tokio::spawn(inbox_loop(
+        inbox_consumer,
+        shared.clone(),
+        inbox_stop.clone(),
+    ));
     let pool = broker.topology().pool().to_owned();
     let presence_stop = CancellationToken::new();
     let presence_task = tokio::spawn(presence_loop(
@@ -272,6 +236,14 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
                     error!(error = %err, "a job task failed");
                 }
             }
+            Some(done) = ack_requests.recv() => {
+                if tasks.len() >= concurrency
+                    && let Err(err) = jobs.pause().await
+                {
+                    warn!(error = %err, "cannot pause the job consumer");
+                }
+                let _ = done.send(());
+            }
             next = jobs.next(), if tasks.len() < concurrency => match next {
                 Some(Ok(delivery)) => {
                     tasks.spawn(delivery::handle(shared.clone(), delivery));
@@ -287,6 +259,8 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         }
     }
 
+    // Attempts granted from now on ack without asking.
+    drop(ack_requests);
     // Ordered stop: say so, no new jobs, running ones checkpoint and hand back, then the
     // connection.
     presence_stop.cancel();
@@ -318,15 +292,15 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     if drained.is_err() {
         warn!(
             running = tasks.len(),
-            "jobs still running at the shutdown deadline; dropping them (the broker requeues them)"
+            "jobs still running at the shutdown deadline; dropping them (their leases lapse)"
         );
         tasks.shutdown().await;
     }
     // Channels closed one by one before the connection: a dropped consumer's channel would close
     // in the background, crossing the connection's close (lapin then logs a connection error).
-    control_stop.cancel();
-    if let Err(err) = control_task.await {
-        error!(error = %err, "the control task failed");
+    inbox_stop.cancel();
+    if let Err(err) = inbox_task.await {
+        error!(error = %err, "the inbox task failed");
     }
     jobs.close().await;
     broker.close().await;
@@ -367,20 +341,77 @@ async fn presence_loop(shared: Arc<Shared>, pool: String, stop: CancellationToke
     }
 }
 
-/// Applies `cancel` control messages to this worker's jobs until `stop`, then closes the
-/// consumer.
-async fn control_loop(mut control: Consumer, shared: Arc<Shared>, stop: CancellationToken) {
+/// Declares the topology (a broker user that may configure), or checks that the coordinator has
+/// (one that may not): then waits, checking every few seconds, until it has. Returns at shutdown
+/// too (the job consumer then fails fast).
+async fn declare_or_wait(broker: &Broker, shutdown: &CancellationToken) -> Result<(), QueueError> {
+    let topology = broker.topology();
+    let channel = broker.channel().await?;
+    let declared = async {
+        topology.declare(&channel).await?;
+        // Events are published `mandatory`: declaring the coordinator's (durable) events queue
+        // here keeps a worker that starts before the coordinator from failing on unroutable
+        // events, and keeps the events for the coordinator.
+        topology.declare_coordinator(&channel).await
+    }
+    .await;
+    match declared {
+        Ok(()) => {
+            refit_io::queue::close_channel(&channel, "declarations").await;
+            return Ok(());
+        }
+        Err(error) if error.is_access_refused() => {
+            debug!(%error, "this broker user may not declare; the coordinator does");
+        }
+        Err(error) => return Err(error),
+    }
+    let mut warned = false;
+    loop {
+        let channel = broker.channel().await?;
+        match topology.check_declared(&channel).await {
+            Ok(()) => {
+                refit_io::queue::close_channel(&channel, "checks").await;
+                return Ok(());
+            }
+            Err(error) if error.is_not_found() => {
+                if !warned {
+                    warn!(
+                        queue = %topology.job_queue(),
+                        "the job queue does not exist yet: waiting for the coordinator to \
+                         declare it"
+                    );
+                    warned = true;
+                }
+            }
+            Err(error) => return Err(error),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(TOPOLOGY_RETRY) => {}
+        }
+    }
+}
+
+/// Hands the coordinator's messages (from this worker's inbox) to the attempts they are for,
+/// until `stop`; then closes the consumer.
+async fn inbox_loop(mut inbox: Consumer, shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         let next = tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            next = control.next() => next,
+            next = inbox.next() => next,
         };
         let Some(next) = next else { break };
         match next {
             Ok(delivery) => {
                 match delivery.decode::<Control>() {
-                    Ok(Control::Cancel { job_id }) => shared.cancel(job_id),
+                    Ok(control) => {
+                        let name = control.name();
+                        let job_id = control.job_id();
+                        if !shared.attempts.route(control) {
+                            debug!(%job_id, message = name, "no attempt here for this message");
+                        }
+                    }
                     Err(err) => warn!(error = %err, "ignoring an undecodable control message"),
                 }
                 if let Err(err) = delivery.ack().await {
@@ -388,10 +419,10 @@ async fn control_loop(mut control: Consumer, shared: Arc<Shared>, stop: Cancella
                 }
             }
             Err(err) => {
-                error!(error = %err, "cannot consume control messages; cancels are not applied");
+                error!(error = %err, "cannot read the inbox; leases cannot be granted here");
                 break;
             }
         }
     }
-    control.close().await;
+    inbox.close().await;
 }

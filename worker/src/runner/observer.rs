@@ -1,7 +1,8 @@
 //! [`JobObserver`]: the training loop's callbacks, on the blocking training thread. It forwards
 //! progress (throttled) and resume checkpoints (every K epochs or T seconds) to the job's async
-//! task through a channel, stops the run within one step once the job is cancelled or the worker
-//! shuts down, and keeps the latest epoch-boundary checkpoint for a shutdown.
+//! task through a channel, stops the run within one step once the attempt is stopped (cancelled,
+//! its lease lost, or the worker shutting down), and keeps the latest epoch-boundary checkpoint
+//! for a shutdown.
 
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -27,8 +28,10 @@ pub(crate) enum TrainMsg {
 }
 
 pub(crate) struct JobObserver {
-    pub cancel: CancellationToken,
-    pub shutdown: CancellationToken,
+    /// Cancelled when the attempt stops.
+    pub stop: CancellationToken,
+    /// A test-only delay before each step (`REFIT_FAULT=slow-step=<ms>`).
+    pub slow_step: Option<Duration>,
     pub tx: mpsc::Sender<TrainMsg>,
     pub total_epochs: u32,
     pub every_epochs: u32,
@@ -44,8 +47,7 @@ pub(crate) struct JobObserver {
 
 impl JobObserver {
     pub(crate) fn new(
-        cancel: CancellationToken,
-        shutdown: CancellationToken,
+        stop: CancellationToken,
         tx: mpsc::Sender<TrainMsg>,
         total_epochs: u32,
         start_epoch: u64,
@@ -53,8 +55,8 @@ impl JobObserver {
         every_secs: u64,
     ) -> Self {
         Self {
-            cancel,
-            shutdown,
+            stop,
+            slow_step: None,
             tx,
             total_epochs,
             every_epochs,
@@ -97,7 +99,10 @@ impl TrainObserver for JobObserver {
     }
 
     fn should_stop(&mut self) -> bool {
-        self.cancel.is_cancelled() || self.shutdown.is_cancelled()
+        if let Some(delay) = self.slow_step {
+            std::thread::sleep(delay);
+        }
+        self.stop.is_cancelled()
     }
 
     fn epoch_end(&mut self, model: &NluModel) -> ControlFlow<()> {

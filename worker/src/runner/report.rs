@@ -1,16 +1,20 @@
-//! Events of one job attempt: [`Reporter`] builds and publishes them, [`Heartbeat`] sends a
-//! `heartbeat` every few seconds for the whole attempt with the current phase and the age of the
-//! last resume checkpoint.
+//! Events of one attempt: [`Reporter`] builds and publishes them (with the attempt's id, its
+//! fencing token once granted, and the worker's inbox as `reply_to`), [`Heartbeat`] sends a
+//! `heartbeat` every few seconds with the current phase and the age of the last resume
+//! checkpoint, and stops the attempt when none has reached the broker for a whole lease.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use refit_proto::{Event, EventKind, JobId, WorkerId};
+use refit_io::queue::{Publisher, QueueError};
+use refit_proto::{AttemptId, Event, EventKind, JobId, WorkerId};
+use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{Instrument, debug, warn};
 
-use refit_io::queue::{Publisher, QueueError};
+use super::attempt::{Stop, StopReason};
 
 /// Publishes one attempt's events.
 #[derive(Clone)]
@@ -19,6 +23,11 @@ pub(crate) struct Reporter {
     job_id: JobId,
     attempt: u32,
     worker_id: WorkerId,
+    attempt_id: AttemptId,
+    /// The lease's fencing token; 0 until granted.
+    fence: Arc<AtomicU64>,
+    /// The worker's inbox (its name changes with the connection).
+    inbox: watch::Receiver<String>,
 }
 
 impl Reporter {
@@ -27,25 +36,45 @@ impl Reporter {
         job_id: JobId,
         attempt: u32,
         worker_id: WorkerId,
+        attempt_id: AttemptId,
+        inbox: watch::Receiver<String>,
     ) -> Self {
         Self {
             publisher,
             job_id,
             attempt,
             worker_id,
+            attempt_id,
+            fence: Arc::new(AtomicU64::new(0)),
+            inbox,
         }
     }
 
-    /// Publishes an event (confirmed); one try.
+    /// Every later event carries `fence`.
+    pub(crate) fn set_fence(&self, fence: u64) {
+        self.fence.store(fence, Ordering::Relaxed);
+    }
+
+    pub(crate) fn attempt_id(&self) -> AttemptId {
+        self.attempt_id
+    }
+
+    /// Publishes an event (confirmed), with the inbox as `reply_to`; one try.
     pub(crate) async fn send(&self, kind: EventKind) -> Result<(), QueueError> {
+        let fence = self.fence.load(Ordering::Relaxed);
         let event = Event {
             job_id: self.job_id,
             attempt: self.attempt,
             worker_id: self.worker_id.clone(),
             at: Utc::now(),
             kind,
+            attempt_id: Some(self.attempt_id),
+            fence: (fence > 0).then_some(fence),
         };
-        self.publisher.publish_event(&event).await
+        let inbox = self.inbox.borrow().clone();
+        self.publisher
+            .publish_event_replying(&event, Some(&inbox))
+            .await
     }
 
     /// Publishes an event whose loss costs only information (progress, heartbeat): failures are
@@ -102,7 +131,16 @@ pub(crate) struct Heartbeat {
 }
 
 impl Heartbeat {
-    pub(crate) fn start(reporter: Reporter, status: JobStatus, every: Duration) -> Self {
+    /// Every `every`, a `heartbeat` (which renews the lease). When none has reached the broker
+    /// for `lease` (the coordinator has then let the lease go, or will before it hears from us),
+    /// the attempt stops: another attempt may hold the job by now.
+    pub(crate) fn start(
+        reporter: Reporter,
+        status: JobStatus,
+        every: Duration,
+        lease: Duration,
+        attempt: Stop,
+    ) -> Self {
         let stop = CancellationToken::new();
         let token = stop.clone();
         tokio::spawn(
@@ -110,6 +148,7 @@ impl Heartbeat {
                 let mut ticker = tokio::time::interval(every);
                 ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 ticker.tick().await; // the first tick is immediate; `started` says as much
+                let mut last_ok = Instant::now();
                 loop {
                     tokio::select! {
                         biased;
@@ -118,12 +157,25 @@ impl Heartbeat {
                     }
                     let (phase, checkpoint_age_secs) = status.snapshot();
                     debug!(phase, ?checkpoint_age_secs, "heartbeat");
-                    reporter
-                        .send_best_effort(EventKind::Heartbeat {
+                    let sent = reporter
+                        .send(EventKind::Heartbeat {
                             phase: phase.to_owned(),
                             checkpoint_age_secs,
                         })
                         .await;
+                    match sent {
+                        Ok(()) => last_ok = Instant::now(),
+                        Err(error) => {
+                            warn!(%error, "failed to publish a heartbeat");
+                            if last_ok.elapsed() >= lease {
+                                attempt.stop(StopReason::Revoked(format!(
+                                    "no heartbeat reached the broker for {:.0} s (the lease \
+                                     lasts {lease:?})",
+                                    last_ok.elapsed().as_secs_f64()
+                                )));
+                            }
+                        }
+                    }
                 }
             }
             .in_current_span(),

@@ -13,28 +13,22 @@ use refit_io::queue::QueueError;
 use refit_io::registry::RegistryError;
 use refit_io::storage::StorageError;
 
-/// How a job ended other than with a new version. Each variant maps to one way of settling the
-/// delivery (see the [module docs](super)).
+/// How an attempt ended other than with its version uploaded and reported. Each variant maps to
+/// one final event (see the [module docs](super)).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum JobError {
     /// Retrying cannot help (bad data, corrupt or missing checkpoint, incompatible labels):
-    /// `failed{permanent}` + reject (dead-letter).
+    /// `failed{permanent}`; the coordinator fails the job.
     #[error("{0}")]
     Permanent(String),
     /// The store or the broker stayed unreachable through the in-process retries:
-    /// `failed{transient}` + nack with requeue.
+    /// `failed{transient}`; the coordinator queues the job again (counting a failure).
     #[error("{0}")]
     Transient(String),
-    /// A `cancel` control message: `cancelled` + ack.
-    #[error("cancelled")]
-    Cancelled,
-    /// The worker is shutting down: resume checkpoint + nack with requeue.
-    #[error("the worker is shutting down")]
-    Shutdown,
-    /// The delivery's channel closed (connection lost), so the broker has requeued the job:
-    /// resume checkpoint, and no `succeeded` from this attempt (the redelivery reports it).
-    #[error("the job's delivery was lost with its channel")]
-    Lost,
+    /// The attempt was stopped (cancelled, its lease lost, or the worker shutting down); its
+    /// [`StopReason`](super::attempt::StopReason) says what to report.
+    #[error("stopped")]
+    Stopped,
 }
 
 impl JobError {
@@ -61,6 +55,8 @@ impl JobError {
             RegistryError::Storage(e) => JobError::storage(context)(e),
             e @ (RegistryError::NotFound { .. }
             | RegistryError::Corrupt { .. }
+            | RegistryError::Commit { .. }
+            | RegistryError::Conflict { .. }
             | RegistryError::BadAlias { .. }) => JobError::Permanent(format!("{context}: {e}")),
         }
     }

@@ -1,22 +1,28 @@
 //! The bridge between an attempt and the training thread: training runs on a blocking thread
 //! (`spawn_blocking`) with a [`JobObserver`]; its progress and epoch-boundary checkpoints come
 //! back over a channel, and this side publishes `progress` events and uploads resume
-//! checkpoints while training goes on.
+//! checkpoints (reported in `checkpointed` events) while training goes on.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use refit_engine::EngineError;
 use refit_engine::trainer::{NluModel, Progress, TrainOptions};
-use refit_proto::EventKind;
 use refit_proto::data::TrainingData;
+use refit_proto::{EventKind, ResumePoint};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::attempt::StopReason;
+use super::fault;
 use super::job::Job;
 use super::observer::{JobObserver, TrainMsg};
-use super::resume::{self, ResumeMarker};
+use super::resume;
 use super::retry::JobError;
+
+/// Resume checkpoints an attempt keeps (the newest is the one its last `checkpointed` event
+/// named; the one before, in case the coordinator has not read that event yet).
+const KEEP_CHECKPOINTS: usize = 2;
 
 impl Job<'_> {
     /// Trains on a blocking thread, forwarding progress and resume checkpoints.
@@ -26,20 +32,19 @@ impl Job<'_> {
         data: Arc<TrainingData>,
         total_epochs: u32,
         start_epoch: u64,
-        marker: ResumeMarker,
     ) -> Result<NluModel, JobError> {
         let settings = &self.shared.settings;
         let vocab = Bytes::from(model.featurizer.vocab().to_json());
         let (tx, mut rx) = mpsc::channel(8);
-        let observer = JobObserver::new(
-            self.cancel.clone(),
-            self.handback.clone(),
+        let mut observer = JobObserver::new(
+            self.stop.token().clone(),
             tx,
             total_epochs,
             start_epoch,
             settings.resume_every_epochs,
             settings.resume_every_secs,
         );
+        observer.slow_step = fault::slow_step();
         let opts = TrainOptions {
             runtime: self.shared.runtime.clone(),
             ..TrainOptions::for_job(&self.job.hyperparams)
@@ -52,6 +57,7 @@ impl Job<'_> {
             } = observer;
             (model, result, snapshot, pending)
         });
+        let mut written: Vec<ResumePoint> = Vec::new();
         // Ends when the training thread drops the observer's sender.
         while let Some(msg) = rx.recv().await {
             match msg {
@@ -61,7 +67,7 @@ impl Job<'_> {
                     step,
                     bytes,
                 } => {
-                    self.upload_resume(&marker, epochs_done, step, bytes, &vocab)
+                    self.upload_resume(&mut written, (epochs_done, step), bytes, &vocab)
                         .await
                 }
             }
@@ -83,20 +89,18 @@ impl Job<'_> {
                 );
                 Ok(model)
             }
-            Err(EngineError::Cancelled) if self.cancel.is_cancelled() => Err(JobError::Cancelled),
             Err(EngineError::Cancelled) => {
-                if let Some(checkpoint) = snapshot {
+                // Handing back: leave the latest epoch's checkpoint for the next attempt.
+                if self.stop.reason() == Some(StopReason::HandBack)
+                    && let Some(checkpoint) = snapshot
+                {
                     self.status.set_phase("checkpoint");
                     let bytes = checkpoint.to_bytes();
                     let state = &checkpoint.state;
-                    self.upload_resume(&marker, state.epochs_done, state.step, bytes, &vocab)
-                        .await;
+                    let at = (state.epochs_done, state.step);
+                    self.upload_resume(&mut written, at, bytes, &vocab).await;
                 }
-                if self.lost.is_cancelled() {
-                    Err(JobError::Lost)
-                } else {
-                    Err(JobError::Shutdown)
-                }
+                Err(JobError::Stopped)
             }
             Err(e) => Err(JobError::engine("training failed")(e)),
         }
@@ -114,36 +118,46 @@ impl Job<'_> {
             .await;
     }
 
+    /// Uploads a resume checkpoint under the attempt's prefix, reports it (`checkpointed` with
+    /// its resume point), then deletes this attempt's checkpoints older than the last
+    /// [`KEEP_CHECKPOINTS`]. A failed upload is logged and training goes on.
     async fn upload_resume(
         &self,
-        base: &ResumeMarker,
-        epochs_done: u64,
-        step: u64,
+        written: &mut Vec<ResumePoint>,
+        (epochs_done, step): (u64, u64),
         checkpoint: Vec<u8>,
         vocab: &Bytes,
     ) {
-        let mut marker = base.clone();
-        marker.epochs_done = epochs_done;
-        marker.step = step;
         let store = &*self.shared.store;
-        let written = resume::write(
+        let owner = (self.job.id, self.reporter.attempt_id());
+        let point = resume::write(
             store,
             &self.shared.retry,
-            &marker,
+            owner,
+            (epochs_done, step),
             Bytes::from(checkpoint),
             vocab.clone(),
         )
         .await;
-        match written {
-            Ok(_) => {
+        match point {
+            Ok(point) => {
                 self.status.checkpointed();
                 info!(epochs_done, step, "resume checkpoint written");
-                self.reporter
-                    .send_best_effort(EventKind::Checkpointed {
-                        epoch: epochs_done as f64,
-                        step,
-                    })
-                    .await;
+                let event = EventKind::Checkpointed {
+                    epoch: epochs_done as f64,
+                    step,
+                    resume: Some(point.clone()),
+                };
+                if let Err(error) = self.reporter.send(event).await {
+                    // The coordinator keeps the previous point: keep its files too.
+                    warn!(%error, "failed to report a resume checkpoint");
+                    return;
+                }
+                written.push(point);
+                if written.len() > KEEP_CHECKPOINTS {
+                    written.remove(0);
+                    resume::prune(store, owner, written).await;
+                }
             }
             Err(err) => {
                 let (_, age) = self.status.snapshot();

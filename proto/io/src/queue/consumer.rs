@@ -8,6 +8,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, Channel};
 use refit_proto::{DecodeError, Message};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::broker::{Broker, backoff_delay, close_channel};
@@ -17,14 +18,16 @@ use super::topology::Topology;
 /// Which queue a [`Consumer`] reads, and what it declares before subscribing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Source {
-    /// This pool's job queue (declares the topology).
+    /// This pool's job queue (declares the topology when the broker user may, else checks that
+    /// it exists).
     Jobs,
-    /// The coordinator's events queue (declares it).
+    /// The coordinator's events queue (declares it; consumes it exclusively).
     Events,
-    /// The coordinator's copy of dead-lettered jobs (declares it with the events queue).
+    /// The coordinator's copy of dead-lettered jobs (declares it with the events queue; consumes
+    /// it exclusively).
     DeadLetters,
-    /// A fresh exclusive control queue per connection (declares it).
-    Control,
+    /// A fresh exclusive inbox queue per connection (declares it).
+    Inbox,
 }
 
 /// A subscription to one queue with manual acknowledgement and `basic.qos(prefetch)`.
@@ -45,8 +48,12 @@ pub struct Consumer {
     source: Source,
     prefetch: u16,
     queue: String,
+    /// For an inbox: tells the current queue name (it changes with every connection).
+    inbox_name: Option<watch::Sender<String>>,
     active: Option<Active>,
     cancelled: bool,
+    /// Paused ([`Consumer::pause`]): the next `next` subscribes again, quietly.
+    paused: bool,
 }
 
 struct Active {
@@ -62,45 +69,63 @@ impl Consumer {
         Self::start(broker, Source::Jobs, prefetch).await
     }
 
-    /// Consumes the coordinator's events queue `<prefix>.events.coordinator`, declaring it.
+    /// Consumes the coordinator's events queue `<prefix>.events.coordinator`, declaring it, once
+    /// this connection holds the coordinator lock ([`Topology::take_coordinator_lock`]): while
+    /// one coordinator is active, another one's subscription fails with [`QueueError::Locked`],
+    /// so a second coordinator stands by instead of taking half of the events.
+    ///
+    /// [`Topology::take_coordinator_lock`]: super::Topology::take_coordinator_lock
     pub async fn events(broker: &Broker, prefetch: u16) -> Result<Self, QueueError> {
         Self::start(broker, Source::Events, prefetch.max(1)).await
     }
 
     /// Consumes `<prefix>.jobs.dead.coordinator`: a copy of every dead-lettered job, so the
     /// coordinator learns which jobs died without taking them from `<prefix>.jobs.dead`.
+    /// Only with the coordinator lock, like [`Consumer::events`].
     pub async fn dead_letters(broker: &Broker) -> Result<Self, QueueError> {
         Self::start(broker, Source::DeadLetters, 16).await
     }
 
-    /// Consumes a new exclusive, auto-delete queue bound to `<prefix>.control`: every control
-    /// message published from now on, for as long as this consumer lives.
-    pub async fn control(broker: &Broker) -> Result<Self, QueueError> {
-        Self::start(broker, Source::Control, 16).await
+    /// Consumes a new inbox: an exclusive, auto-delete, server-named queue only this connection
+    /// can read, which others reach through the default exchange by its name. Its name changes
+    /// when the connection does (a new inbox is declared on the next one); the receiver always
+    /// holds the current one, to give as `reply_to`.
+    pub async fn inbox(broker: &Broker) -> Result<(Self, watch::Receiver<String>), QueueError> {
+        let mut consumer = Self::new(broker, Source::Inbox, 16);
+        let (tx, rx) = watch::channel(String::new());
+        consumer.inbox_name = Some(tx);
+        consumer.active = Some(consumer.subscribe().await?);
+        Ok((consumer, rx))
     }
 
-    async fn start(broker: &Broker, source: Source, prefetch: u16) -> Result<Self, QueueError> {
+    fn new(broker: &Broker, source: Source, prefetch: u16) -> Self {
         let topology = broker.topology();
         let queue = match source {
             Source::Jobs => topology.job_queue(),
             Source::Events => topology.coordinator_events_queue(),
             Source::DeadLetters => topology.coordinator_dead_queue(),
-            Source::Control => String::new(),
+            Source::Inbox => String::new(),
         };
-        let mut consumer = Self {
+        Self {
             broker: broker.clone(),
             topology,
             source,
             prefetch,
             queue,
+            inbox_name: None,
             active: None,
             cancelled: false,
-        };
+            paused: false,
+        }
+    }
+
+    async fn start(broker: &Broker, source: Source, prefetch: u16) -> Result<Self, QueueError> {
+        let mut consumer = Self::new(broker, source, prefetch);
         consumer.active = Some(consumer.subscribe().await?);
         Ok(consumer)
     }
 
-    /// The queue consumed (for control consumers, the current server-named queue).
+    /// The queue consumed (for an inbox, the current server-named queue).
     pub fn queue(&self) -> &str {
         &self.queue
     }
@@ -118,7 +143,11 @@ impl Consumer {
             let Some(active) = self.active.as_mut() else {
                 match self.subscribe().await {
                     Ok(active) => {
-                        info!(queue = %self.queue, "subscribed again after losing the consumer");
+                        if std::mem::take(&mut self.paused) {
+                            debug!(queue = %self.queue, "consuming again after a pause");
+                        } else {
+                            info!(queue = %self.queue, "subscribed again after losing the consumer");
+                        }
                         self.active = Some(active);
                     }
                     Err(error) if error.is_transient() => {
@@ -170,6 +199,27 @@ impl Consumer {
         }
     }
 
+    /// Stops deliveries until the next call of [`Consumer::next`], which subscribes again:
+    /// `basic.cancel`, and what was prefetched but not handed out goes back to the queue.
+    /// Deliveries already handed out stay on their channel and can still be settled.
+    ///
+    /// A consumer that settles deliveries early (the worker acks a job when its lease is
+    /// granted, long before the job ends) pauses when it has no room for more work, so that the
+    /// broker does not push the next message to it (the prefetch count only covers unsettled
+    /// deliveries), where it would wait while other consumers are idle.
+    pub async fn pause(&mut self) -> Result<(), QueueError> {
+        if self.cancelled {
+            return Ok(());
+        }
+        let result = self.cancel().await;
+        self.cancelled = false;
+        self.paused = true;
+        // Its channel stays open for the deliveries handed out (they hold it); `next`
+        // subscribes on a new one.
+        self.active = None;
+        result
+    }
+
     /// Stops consuming (`basic.cancel`): no new deliveries arrive and [`Consumer::next`] returns
     /// `None`. The channel stays open so deliveries already handed out can still be acked; any
     /// that arrived but were not handed out are requeued.
@@ -201,13 +251,28 @@ impl Consumer {
     }
 
     async fn subscribe(&mut self) -> Result<Active, QueueError> {
-        let channel = self.broker.channel().await?;
+        let mut channel = self.broker.channel().await?;
         match self.source {
-            Source::Jobs => self.topology.declare(&channel).await?,
+            Source::Jobs => match self.topology.declare(&channel).await {
+                Ok(()) => {}
+                // A broker user without configure permission: the coordinator declares.
+                Err(error) if error.is_access_refused() => {
+                    debug!(%error, "may not declare the topology; checking it exists");
+                    channel = self.broker.channel().await?;
+                    self.topology.check_declared(&channel).await?;
+                }
+                Err(error) => return Err(error),
+            },
             Source::Events | Source::DeadLetters => {
                 self.topology.declare_coordinator(&channel).await?;
+                self.topology.take_coordinator_lock(&channel).await?;
             }
-            Source::Control => self.queue = self.topology.declare_control_queue(&channel).await?,
+            Source::Inbox => {
+                self.queue = self.topology.declare_inbox(&channel).await?;
+                if let Some(name) = &self.inbox_name {
+                    name.send_replace(self.queue.clone());
+                }
+            }
         }
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
@@ -291,6 +356,15 @@ impl Delivery {
     /// Which delivery this is, from 1: `delivery_count() + 1` (an event's `attempt`).
     pub fn attempt(&self) -> u32 {
         self.delivery_count().saturating_add(1)
+    }
+
+    /// The `reply_to` property: where the sender wants answers (a worker's inbox).
+    pub fn reply_to(&self) -> Option<&str> {
+        self.inner
+            .properties
+            .reply_to()
+            .as_ref()
+            .map(|s| s.as_str())
     }
 
     /// The message id (the job id, for refit's messages).

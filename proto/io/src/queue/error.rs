@@ -85,6 +85,13 @@ pub enum QueueError {
         "the channel that delivered this message is closed: RabbitMQ will deliver the message again"
     )]
     DeliveryChannelClosed,
+    /// Another connection holds the coordinator lock (`<prefix>.coordinator.lock`, an exclusive
+    /// queue): another coordinator is active, so this one stands by.
+    #[error("another coordinator holds {queue} (it is the active one)")]
+    Locked {
+        /// The lock queue.
+        queue: String,
+    },
     /// The [`Broker`](super::Broker) was closed.
     #[error("the RabbitMQ connection manager is closed")]
     Closed,
@@ -102,8 +109,40 @@ impl QueueError {
             QueueError::InvalidConfig { .. }
             | QueueError::Refused { .. }
             | QueueError::Unroutable { .. }
+            | QueueError::Locked { .. }
             | QueueError::Closed => false,
         }
+    }
+
+    /// Whether another coordinator is active ([`QueueError::Locked`]).
+    pub fn is_locked(&self) -> bool {
+        matches!(self, QueueError::Locked { .. })
+    }
+
+    /// Whether the broker refused the operation for want of permission (`ACCESS_REFUSED`): the
+    /// broker user may not configure, write or read that resource.
+    pub fn is_access_refused(&self) -> bool {
+        matches!(
+            self,
+            QueueError::Amqp { source, .. } if matches!(
+                source.kind(),
+                lapin::ErrorKind::ProtocolError(amqp)
+                    if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED))
+            )
+        )
+    }
+
+    /// Whether what the operation named does not exist (`NOT_FOUND`: a queue or exchange not
+    /// declared yet).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            QueueError::Amqp { source, .. } if matches!(
+                source.kind(),
+                lapin::ErrorKind::ProtocolError(amqp)
+                    if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+            )
+        )
     }
 
     /// The error's kind as events report it.

@@ -62,15 +62,43 @@ impl Publisher {
         .await
     }
 
+    /// Publishes a job to the dead-letter exchange (`<prefix>.dead`, so `<prefix>.jobs.dead`
+    /// holds it for operators), with the job id as message id: what the coordinator does with a
+    /// job whose attempts kept crashing (the broker dead-letters only deliveries it rejects).
+    pub async fn dead_letter_job(&self, job: &JobSpec) -> Result<(), QueueError> {
+        self.send(
+            &self.topology.dead_letter_exchange(),
+            "",
+            &refit_proto::encode(job),
+            properties(Some(job.id.to_string())),
+            true,
+        )
+        .await
+    }
+
     /// Publishes an event to `<prefix>.events` with routing key `job.<job id>.<event>`.
     /// [`QueueError::Unroutable`] when no queue takes it (the coordinator never declared its
     /// queue).
     pub async fn publish_event(&self, event: &Event) -> Result<(), QueueError> {
+        self.publish_event_replying(event, None).await
+    }
+
+    /// [`Publisher::publish_event`] with `reply_to` set to an inbox (see
+    /// [`Consumer::inbox`](super::Consumer::inbox)): where the coordinator answers.
+    pub async fn publish_event_replying(
+        &self,
+        event: &Event,
+        reply_to: Option<&str>,
+    ) -> Result<(), QueueError> {
+        let mut properties = properties(Some(event.job_id.to_string()));
+        if let Some(inbox) = reply_to.filter(|name| !name.is_empty()) {
+            properties = properties.with_reply_to(inbox.into());
+        }
         self.send(
             &self.topology.events_exchange(),
             &Topology::event_routing_key(event),
             &refit_proto::encode(event),
-            properties(Some(event.job_id.to_string())),
+            properties,
             true,
         )
         .await
@@ -96,17 +124,16 @@ impl Publisher {
         .await
     }
 
-    /// Publishes a control message to the `<prefix>.control` fanout. Not mandatory: with no worker
-    /// connected there is nobody to tell, and that is not an error.
-    pub async fn publish_control(&self, control: &Control) -> Result<(), QueueError> {
-        let job_id = match control {
-            Control::Cancel { job_id } => job_id.to_string(),
-        };
+    /// Sends a control message to one worker's inbox (through the default exchange, by the
+    /// inbox's name). Not mandatory: an inbox that is gone (its connection closed) means the
+    /// worker is not there to tell, which is not an error; it learns what it missed from the
+    /// answer to its next event.
+    pub async fn send_control(&self, inbox: &str, control: &Control) -> Result<(), QueueError> {
         self.send(
-            &self.topology.control_exchange(),
-            &Topology::control_routing_key(control),
+            "",
+            inbox,
             &refit_proto::encode(control),
-            properties(Some(job_id)),
+            properties(Some(control.job_id().to_string())),
             false,
         )
         .await

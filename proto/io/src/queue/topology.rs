@@ -10,9 +10,12 @@
 //! | `refit.jobs.dead` | durable quorum queue | jobs rejected or past the delivery limit, for an operator |
 //! | `refit.jobs.dead.coordinator` | durable quorum queue | the coordinator's copy of every dead-lettered job |
 //! | `refit.events` | topic exchange | worker events, routing key `job.<job id>.<event>`; worker presence, `worker.<worker id>.<state>` |
-//! | `refit.events.coordinator` | durable quorum queue | every event (`#`), for the coordinator |
-//! | `refit.control` | fanout exchange | control messages (cancel) to every worker |
-//! | (server-named) | exclusive auto-delete queue | one per worker connection, bound to `refit.control` |
+//! | `refit.events.coordinator` | durable quorum queue | every event (`#`), for the coordinator (one consumer at a time) |
+//! | `amq.gen-…` (server-named) | exclusive auto-delete queue | a worker connection's inbox: the coordinator's answers and orders for that worker's attempts, sent through the default exchange |
+//!
+//! Only the coordinator needs to declare (configure): a worker declares what it may (its own
+//! inbox always; the rest when its broker user is allowed to, else it checks passively that the
+//! coordinator has).
 //!
 //! Declaring is idempotent: declaring the same names with the same arguments again is a no-op.
 //! Declaring an existing queue with *other* arguments (another delivery limit, say) fails with
@@ -20,9 +23,10 @@
 //! deleting the queue.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
-use refit_proto::{Control, Event, WorkerStatus};
+use refit_proto::{Event, WorkerStatus};
 
 use super::config::QueueConfig;
 use super::error::QueueError;
@@ -105,9 +109,45 @@ impl Topology {
         format!("{}.jobs.dead.coordinator", self.prefix)
     }
 
-    /// `<prefix>.control`: the fanout exchange for control messages.
-    pub fn control_exchange(&self) -> String {
-        format!("{}.control", self.prefix)
+    /// `<prefix>.coordinator.lock`: the coordinator lock. An exclusive queue lives as long as
+    /// the connection that declared it and no other connection can declare it meanwhile, so the
+    /// coordinator whose connection holds it is the active one; when that connection goes (the
+    /// process died, the network dropped it), the broker deletes the queue and a standby takes it.
+    pub fn coordinator_lock_queue(&self) -> String {
+        format!("{}.coordinator.lock", self.prefix)
+    }
+
+    /// Takes the coordinator lock for `channel`'s connection ([`Self::coordinator_lock_queue`]);
+    /// [`QueueError::Locked`] when another connection holds it. Taking it again on the same
+    /// connection succeeds.
+    pub async fn take_coordinator_lock(&self, channel: &Channel) -> Result<(), QueueError> {
+        let queue = self.coordinator_lock_queue();
+        let mut args = FieldTable::default();
+        // Exclusive queues are always classic, whatever the vhost's default type.
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("classic".into()),
+        );
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            ..QueueDeclareOptions::default()
+        };
+        match channel
+            .queue_declare(queue.as_str().into(), options, args)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    lapin::ErrorKind::ProtocolError(amqp)
+                        if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED))
+                ) =>
+            {
+                Err(QueueError::Locked { queue })
+            }
+            Err(error) => Err(QueueError::amqp(format!("declare queue {queue}"))(error)),
+        }
     }
 
     /// An event's routing key: `job.<job id>.<event name>`, e.g. `job.0190….progress`.
@@ -118,13 +158,6 @@ impl Topology {
     /// A worker status's routing key: `worker.<worker id>.<state>`, e.g. `worker.gpu-1.online`.
     pub fn worker_status_routing_key(status: &WorkerStatus) -> String {
         format!("worker.{}.{}", status.worker_id, status.state.as_str())
-    }
-
-    /// A control message's routing key (informational: the control exchange is a fanout).
-    pub fn control_routing_key(control: &Control) -> String {
-        match control {
-            Control::Cancel { job_id } => format!("job.{job_id}.cancel"),
-        }
     }
 
     /// The job queues' arguments: quorum type, delivery limit, dead-lettering (at-least-once,
@@ -185,11 +218,10 @@ impl Topology {
         bind(channel, &dead, &self.dead_letter_exchange(), "").await
     }
 
-    /// Declares a server-named, exclusive, auto-delete queue bound to the control exchange and
-    /// returns its name. It lives as long as the connection that declared it.
-    pub async fn declare_control_queue(&self, channel: &Channel) -> Result<String, QueueError> {
-        let exchange = self.control_exchange();
-        declare_exchange(channel, &exchange, ExchangeKind::Fanout).await?;
+    /// Declares a server-named, exclusive, auto-delete queue (not bound to anything: messages
+    /// reach it through the default exchange, by its name) and returns its name. It lives as
+    /// long as the connection that declared it, and no other connection can read it.
+    pub async fn declare_inbox(&self, channel: &Channel) -> Result<String, QueueError> {
         let queue = channel
             .queue_declare(
                 "".into(),
@@ -197,17 +229,46 @@ impl Topology {
                 FieldTable::default(),
             )
             .await
-            .map_err(QueueError::amqp("declare a control queue"))?;
-        let name = queue.name().as_str().to_owned();
-        bind(channel, &name, &exchange, "").await?;
-        Ok(name)
+            .map_err(QueueError::amqp("declare an inbox queue"))?;
+        Ok(queue.name().as_str().to_owned())
+    }
+
+    /// Checks, without declaring anything (which needs no permission), that this pool's job
+    /// queue and the events exchange exist: what a worker whose broker user may not configure
+    /// does instead of [`Topology::declare`]. `NOT_FOUND` (permanent) while the coordinator has
+    /// not declared them yet.
+    pub async fn check_declared(&self, channel: &Channel) -> Result<(), QueueError> {
+        let queue = self.job_queue();
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(QueueError::amqp(format!("check queue {queue}")))?;
+        let exchange = self.events_exchange();
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(QueueError::amqp(format!("check exchange {exchange}")))
     }
 
     async fn declare_exchanges(&self, channel: &Channel) -> Result<(), QueueError> {
         declare_exchange(channel, &self.jobs_exchange(), ExchangeKind::Direct).await?;
         declare_exchange(channel, &self.dead_letter_exchange(), ExchangeKind::Fanout).await?;
-        declare_exchange(channel, &self.events_exchange(), ExchangeKind::Topic).await?;
-        declare_exchange(channel, &self.control_exchange(), ExchangeKind::Fanout).await
+        declare_exchange(channel, &self.events_exchange(), ExchangeKind::Topic).await
     }
 }
 
@@ -294,7 +355,6 @@ mod tests {
             topology.coordinator_events_queue(),
             "refit.events.coordinator"
         );
-        assert_eq!(topology.control_exchange(), "refit.control");
     }
 
     #[test]
@@ -308,7 +368,6 @@ mod tests {
         assert_eq!(topology.job_queue(), "t-42.jobs.gpu");
         assert_eq!(topology.dead_letter_queue(), "t-42.jobs.dead");
         assert_eq!(topology.events_exchange(), "t-42.events");
-        assert_eq!(topology.control_exchange(), "t-42.control");
     }
 
     #[test]
@@ -357,14 +416,12 @@ mod tests {
             worker_id: WorkerId::new("w1").unwrap(),
             at: Utc::now(),
             kind: EventKind::Cancelled,
+            attempt_id: None,
+            fence: None,
         };
         assert_eq!(
             Topology::event_routing_key(&event),
             format!("job.{job_id}.cancelled")
-        );
-        assert_eq!(
-            Topology::control_routing_key(&Control::Cancel { job_id }),
-            format!("job.{job_id}.cancel")
         );
     }
 }

@@ -11,10 +11,24 @@
 //!   [`RegistryError::Corrupt`], a missing manifest [`RegistryError::NotFound`].
 //! - **Aliases** (`models/<name>/aliases/<alias>`) hold a version key segment (`v000003`) and a
 //!   newline; one that holds anything else is [`RegistryError::BadAlias`].
+//! - **A job's version** (`attempts`): the attempt that trains it uploads its files under
+//!   `models/<name>/v<NNNNNN>/<attempt>/` ([`Registry::upload_attempt`]); the coordinator commits
+//!   one attempt by writing the version's manifest, which names the attempt's files
+//!   ([`Registry::commit`]). Files are never overwritten, so any manifest is consistent with its
+//!   files whatever writers race, and an attempt nobody committed never becomes a version.
+//! - **Reservations** (`reservations`): the job that took a version number
+//!   (`models/<name>/v<NNNNNN>/job.json`), written before the job is published; numbers are above
+//!   every manifest and reservation ([`Registry::highest_taken`]), so none is reused.
 //!
 //! Turning a version's bytes into a model is the engine's business (`refit_engine::pipeline`);
 //! this module only moves and checks bytes, so the coordinator can use it without linking ONNX
 //! Runtime.
+
+mod aliases;
+mod attempts;
+mod reservations;
+
+pub use reservations::FoundReservation;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -49,6 +63,27 @@ pub enum RegistryError {
         model: ModelName,
         /// The version.
         version: Version,
+    },
+    /// An attempt's upload cannot become the version (missing or damaged files, a draft manifest
+    /// for another job or other data).
+    #[error("model {model} {version}: cannot commit the attempt: {reason}")]
+    Commit {
+        /// The model.
+        model: ModelName,
+        /// The version.
+        version: Version,
+        /// Why.
+        reason: String,
+    },
+    /// The version number is already committed by another job: never overwritten.
+    #[error("model {model} {version} is already the version of job {job}")]
+    Conflict {
+        /// The model.
+        model: ModelName,
+        /// The version.
+        version: Version,
+        /// The job that owns it.
+        job: String,
     },
     /// An alias object that does not hold a version.
     #[error("alias {alias} of {model} holds {found:?}, not a version")]
@@ -166,8 +201,9 @@ impl Registry {
             .files
             .get(name)
             .ok_or_else(|| corrupt(format!("the manifest lists no {name}")))?;
-        let key = keys::version_file(&manifest.model, manifest.version, name)
-            .map_err(|e| corrupt(e.to_string()))?;
+        let path = entry.path.as_deref().unwrap_or(name);
+        let key = keys::version_path(&manifest.model, manifest.version, path)
+            .ok_or_else(|| corrupt(format!("{name}: invalid path {path:?}")))?;
         self.store
             .get_verified(&key, &entry.sha256)
             .await
@@ -206,7 +242,24 @@ impl Registry {
         })
     }
 
-    /// Stores a version: every file first, the manifest last.
+    /// Checks that every file a version's manifest lists is there with its sha256 (a
+    /// consistent version); the manifest. [`RegistryError::Corrupt`] names the first file that
+    /// is not.
+    pub async fn verify(
+        &self,
+        model: &ModelName,
+        version: Version,
+    ) -> Result<Manifest, RegistryError> {
+        let manifest = self.manifest(model, version).await?;
+        for name in manifest.files.keys() {
+            self.file(&manifest, name).await?;
+        }
+        Ok(manifest)
+    }
+
+    /// Stores a version written in one place (`refit demo`): every file directly in the
+    /// version's folder first, the manifest last. (A job's version is uploaded by its attempt
+    /// and committed by the coordinator: see `attempts`.)
     pub async fn write_version(&self, version: &VersionFiles) -> Result<(), RegistryError> {
         let m = &version.manifest;
         for (name, bytes) in &version.files {
@@ -227,193 +280,15 @@ impl Registry {
             .await?;
         Ok(())
     }
-
-    /// The version an alias points at; `None` when the alias does not exist.
-    pub async fn alias(
-        &self,
-        model: &ModelName,
-        alias: &Alias,
-    ) -> Result<Option<Version>, RegistryError> {
-        match self.store.get(&keys::alias(model, alias)).await {
-            Ok(bytes) => {
-                let text = String::from_utf8_lossy(&bytes);
-                text.trim()
-                    .parse()
-                    .map(Some)
-                    .map_err(|_| RegistryError::BadAlias {
-                        model: model.clone(),
-                        alias: alias.clone(),
-                        found: text.chars().take(20).collect(),
-                    })
-            }
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// A model's aliases that point at a version. Objects under `aliases/` whose name is not a
-    /// valid alias, or that hold no version, are left out.
-    pub async fn aliases(
-        &self,
-        model: &ModelName,
-    ) -> Result<BTreeMap<Alias, Version>, StorageError> {
-        let prefix = keys::aliases_prefix(model);
-        let mut out = BTreeMap::new();
-        for object in self.store.list(&prefix).await? {
-            let Ok(alias) = Alias::new(object.key.trim_start_matches(&prefix)) else {
-                continue;
-            };
-            match self.alias(model, &alias).await {
-                Ok(Some(version)) => {
-                    out.insert(alias, version);
-                }
-                Err(RegistryError::Storage(e)) => return Err(e),
-                // Deleted since the listing, or holding no version.
-                _ => {}
-            }
-        }
-        Ok(out)
-    }
-
-    /// Points `alias` at `version`, which must have a manifest; returns the version it pointed
-    /// at before (`None` if it was new or held no version).
-    pub async fn set_alias(
-        &self,
-        model: &ModelName,
-        alias: &Alias,
-        version: Version,
-    ) -> Result<Option<Version>, RegistryError> {
-        self.manifest(model, version).await?;
-        let previous = self.alias(model, alias).await.ok().flatten();
-        self.store
-            .put(
-                &keys::alias(model, alias),
-                Bytes::from(format!("{}\n", version.key_segment())),
-            )
-            .await?;
-        Ok(previous)
-    }
 }
 
-/// The version of a key if it is a version's manifest.
+/// The version of a key if it is a version's manifest (`models/<m>/v<N>/manifest.json`, not an
+/// attempt's draft in a folder below it).
 fn manifest_version(model: &ModelName, key: &str) -> Option<Version> {
-    if key.ends_with(&format!("/{}", keys::MANIFEST)) {
-        keys::version_of_key(model, key)
-    } else {
-        None
-    }
+    let version = keys::version_of_key(model, key)?;
+    let rest = key.strip_prefix(&keys::version_prefix(model, version))?;
+    (rest == keys::MANIFEST).then_some(version)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::storage::MemoryStore;
-    use refit_proto::data::TrainingData;
-    use refit_proto::{ArchSpec, Mode};
-
-    fn name() -> ModelName {
-        ModelName::new("demo").unwrap()
-    }
-
-    fn version_files(version: u32) -> VersionFiles {
-        let mut vocab = Vocabulary::new(ArchSpec::default().featurizer);
-        vocab.fit(["hello there"]);
-        let mut manifest = Manifest::for_data(
-            name(),
-            Version::new(version).unwrap(),
-            &TrainingData::default(),
-            ArchSpec::default(),
-        );
-        manifest.mode = Mode::Scratch;
-        VersionFiles::new(
-            manifest,
-            vec![
-                (keys::CHECKPOINT, b"checkpoint bytes".to_vec()),
-                (keys::VOCAB, vocab.to_json()),
-            ],
-        )
-    }
-
-    #[tokio::test]
-    async fn written_versions_read_back_and_corruption_is_caught() {
-        let store = Arc::new(MemoryStore::new());
-        let registry = Registry::new(store.clone());
-        registry.write_version(&version_files(1)).await.unwrap();
-        assert_eq!(
-            registry.versions(&name()).await.unwrap(),
-            vec![Version::first()]
-        );
-        let back = registry
-            .read_version(&name(), Version::first())
-            .await
-            .unwrap();
-        assert_eq!(back.checkpoint.as_ref(), b"checkpoint bytes");
-        assert!(back.vocab.words().contains("hello"));
-
-        let missing = registry
-            .read_version(&name(), Version::new(2).unwrap())
-            .await;
-        assert!(matches!(missing, Err(RegistryError::NotFound { .. })));
-
-        let key = keys::version_file(&name(), Version::first(), keys::CHECKPOINT).unwrap();
-        store
-            .put(&key, Bytes::from_static(b"garbage"))
-            .await
-            .unwrap();
-        let corrupt = registry.read_version(&name(), Version::first()).await;
-        assert!(
-            matches!(corrupt, Err(RegistryError::Corrupt { .. })),
-            "{corrupt:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_version_without_its_manifest_does_not_exist() {
-        let store = Arc::new(MemoryStore::new());
-        let registry = Registry::new(store.clone());
-        let files = version_files(1);
-        // Files written, manifest not (the writer died in between).
-        for (file, bytes) in &files.files {
-            let key = keys::version_file(&name(), Version::first(), file).unwrap();
-            store.put(&key, Bytes::from(bytes.clone())).await.unwrap();
-        }
-        assert!(registry.versions(&name()).await.unwrap().is_empty());
-        let models = registry.models().await.unwrap();
-        assert_eq!(models.get(&name()), Some(&Vec::new()));
-    }
-
-    #[tokio::test]
-    async fn aliases_point_at_stored_versions_only() {
-        let store = Arc::new(MemoryStore::new());
-        let registry = Registry::new(store.clone());
-        registry.write_version(&version_files(1)).await.unwrap();
-        registry.write_version(&version_files(2)).await.unwrap();
-        let prod = Alias::new("prod").unwrap();
-        let v1 = Version::first();
-        let v2 = Version::new(2).unwrap();
-        assert_eq!(registry.set_alias(&name(), &prod, v1).await.unwrap(), None);
-        assert_eq!(
-            registry.set_alias(&name(), &prod, v2).await.unwrap(),
-            Some(v1)
-        );
-        assert_eq!(registry.alias(&name(), &prod).await.unwrap(), Some(v2));
-        let v3 = Version::new(3).unwrap();
-        assert!(matches!(
-            registry.set_alias(&name(), &prod, v3).await,
-            Err(RegistryError::NotFound { .. })
-        ));
-
-        let bad = Alias::new("bad").unwrap();
-        store
-            .put(&keys::alias(&name(), &bad), Bytes::from_static(b"latest"))
-            .await
-            .unwrap();
-        assert!(matches!(
-            registry.alias(&name(), &bad).await,
-            Err(RegistryError::BadAlias { .. })
-        ));
-        let aliases = registry.aliases(&name()).await.unwrap();
-        assert_eq!(aliases.into_iter().collect::<Vec<_>>(), vec![(prod, v2)]);
-        assert_eq!(registry.models().await.unwrap()[&name()], vec![v1, v2]);
-    }
-}
+mod tests;

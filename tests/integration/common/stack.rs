@@ -2,27 +2,60 @@
 //! them: the HTTP API, the CLI, `/metrics`, and the checks at the end (clean exits, no secret in
 //! any log).
 
-use super::*;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use bytes::Bytes;
+use refit_io::storage::ObjectStore;
+use refit_proto::keys::sha256_hex;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::api::{event_types, free_port, metric, random_hex};
+use super::broker_users::RoleUsers;
+use super::cluster::{Cluster, ClusterOptions};
+use super::proc::Proc;
+use super::wait::{done_if, wait_until};
+use super::{cli_binary, coordinator_binary, env_or, service_env, unique};
+
+/// A guard against hangs (the machine may be busy with other tests), not a speed target.
+pub const WAIT: Duration = Duration::from_secs(300);
 
 /// Settings of a [`Stack`] beyond the defaults.
 #[derive(Default)]
-pub(super) struct Options {
+pub struct Options {
     /// `[[schedule]]` tables (or any TOML) for the coordinator's `--config` file.
-    pub(super) config_toml: Option<String>,
+    pub config_toml: Option<String>,
     /// A RabbitMQ user of its own (created through the management API, deleted at the end),
     /// with a random password, so that the password can be looked for in the logs.
-    pub(super) own_amqp_user: bool,
+    pub own_amqp_user: bool,
     /// Secrets from files rather than the environment.
-    pub(super) secrets_via_files: bool,
+    pub secrets_via_files: bool,
     /// A token of its own for `/metrics` (`coordinator.metrics_token`).
-    pub(super) metrics_token: bool,
+    pub metrics_token: bool,
+    /// `coordinator.lease_secs` (the tests' default: [`LEASE_SECS`]).
+    pub lease_secs: Option<u64>,
+    /// `coordinator.max_failures` (else the coordinator's default).
+    pub max_failures: Option<u32>,
+    /// The cluster's own settings (another S3 server, the delivery limit).
+    pub cluster: ClusterOptions,
+    /// Least-privilege broker users from `deploy/rabbitmq.sh users`: the coordinator's for the
+    /// coordinator, the worker's for the workers (deleted at the end).
+    pub role_users: bool,
 }
 
+/// The lease the tests' coordinators grant unless a test says otherwise: short, so that a lapse
+/// (a killed or frozen worker) is seen within seconds; the workers renew it with a heartbeat
+/// every second.
+pub const LEASE_SECS: u64 = 5;
+
 /// A RabbitMQ user made for one test.
-pub(super) struct AmqpUser {
-    pub(super) management: String,
-    pub(super) admin: (String, String),
-    pub(super) name: String,
+pub struct AmqpUser {
+    pub management: String,
+    pub admin: (String, String),
+    pub name: String,
 }
 
 /// The management API's base URL and the admin credentials of the test broker URL.
@@ -42,11 +75,7 @@ fn management_settings(amqp_url: &str) -> Result<(String, (String, String))> {
 }
 
 impl AmqpUser {
-    pub(super) async fn create(
-        http: &reqwest::Client,
-        amqp_url: &str,
-        password: &str,
-    ) -> Result<Self> {
+    pub async fn create(http: &reqwest::Client, amqp_url: &str, password: &str) -> Result<Self> {
         let (management, admin) = management_settings(amqp_url)?;
         let name = unique("refit-test-user");
         let hint = || {
@@ -92,7 +121,7 @@ impl AmqpUser {
         })
     }
 
-    pub(super) async fn delete(&self, http: &reqwest::Client) {
+    pub async fn delete(&self, http: &reqwest::Client) {
         let _ = http
             .delete(format!("{}/api/users/{}", self.management, self.name))
             .basic_auth(&self.admin.0, Some(&self.admin.1))
@@ -102,14 +131,14 @@ impl AmqpUser {
 }
 
 /// What the `refit` CLI did.
-pub(super) struct CliRun {
-    pub(super) code: i32,
-    pub(super) stdout: String,
-    pub(super) stderr: String,
+pub struct CliRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 impl CliRun {
-    pub(super) fn json(&self) -> Result<Value> {
+    pub fn json(&self) -> Result<Value> {
         serde_json::from_str(self.stdout.trim()).with_context(|| {
             format!(
                 "refit printed no JSON document on stdout (exit {}):\nstdout:\n{}\nstderr:\n{}",
@@ -118,7 +147,7 @@ impl CliRun {
         })
     }
 
-    pub(super) fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         format!(
             "exit {}\nstdout:\n{}\nstderr:\n{}",
             self.code, self.stdout, self.stderr
@@ -128,41 +157,58 @@ impl CliRun {
 
 /// One test's coordinator and workers on a [`Cluster`] (its names, services, folder and logs),
 /// driven through the HTTP API and the CLI.
-pub(super) struct Stack {
-    pub(super) cluster: Cluster,
+pub struct Stack {
+    pub cluster: Cluster,
     /// The cluster's model name.
-    pub(super) model: String,
-    pub(super) token: String,
+    pub model: String,
+    pub token: String,
     /// `/metrics`' token, with [`Options::metrics_token`].
-    pub(super) metrics_token: Option<String>,
-    pub(super) port: u16,
+    pub metrics_token: Option<String>,
+    pub port: u16,
     /// The AMQP password and the form it is looked for in logs.
-    pub(super) amqp_secret: String,
-    pub(super) http: reqwest::Client,
-    pub(super) options: Options,
-    pub(super) amqp_user: Option<AmqpUser>,
-    pub(super) coordinator: Option<Proc>,
-    pub(super) coordinator_runs: usize,
-    pub(super) workers: Vec<Proc>,
+    pub amqp_secret: String,
+    pub http: reqwest::Client,
+    pub options: Options,
+    pub amqp_user: Option<AmqpUser>,
+    /// The users of [`Options::role_users`].
+    pub role_users: Option<RoleUsers>,
+    pub coordinator: Option<Proc>,
+    pub coordinator_runs: usize,
+    /// Another job store than `<dir>/coordinator.db` (after a test swapped coordinators).
+    pub database: Option<PathBuf>,
+    pub workers: Vec<Proc>,
     /// What the CLI printed, checked for secrets too.
-    pub(super) cli_outputs: Vec<String>,
+    pub cli_outputs: Vec<String>,
     /// Object keys (besides the model's) to delete at the end.
-    pub(super) extra_keys: Vec<String>,
+    pub extra_keys: Vec<String>,
 }
 
 impl Stack {
-    pub(super) async fn new(name: &str) -> Result<Self> {
+    pub async fn new(name: &str) -> Result<Self> {
         Self::with(name, Options::default()).await
     }
 
     /// Checks the services, makes the names; starts nothing yet.
-    pub(super) async fn with(name: &str, options: Options) -> Result<Self> {
-        let mut cluster = Cluster::start(&format!("c{name}"), ClusterOptions::default()).await?;
+    pub async fn with(name: &str, mut options: Options) -> Result<Self> {
+        let cluster_options = std::mem::take(&mut options.cluster);
+        let mut cluster = Cluster::start(name, cluster_options).await?;
         let test_url = cluster.amqp_url.clone();
         let parsed = url::Url::parse(&test_url).context("REFIT_TEST_AMQP_URL is not a URL")?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()?;
+        ensure!(
+            !(options.role_users && (options.own_amqp_user || options.secrets_via_files)),
+            "role_users goes with neither own_amqp_user nor secrets_via_files"
+        );
+        let role_users = if options.role_users {
+            let users = RoleUsers::create(&cluster.prefix, &test_url)?;
+            cluster.amqp_url = users.coordinator_url.clone();
+            cluster.worker_amqp_url = Some(users.worker_url.clone());
+            Some(users)
+        } else {
+            None
+        };
         let (amqp_secret, amqp_user) = if options.own_amqp_user {
             let password = format!("amqp-{}", random_hex(16));
             let user = AmqpUser::create(&http, &test_url, &password).await?;
@@ -189,27 +235,32 @@ impl Stack {
             http,
             options,
             amqp_user,
+            role_users,
             coordinator: None,
             coordinator_runs: 0,
+            database: None,
             workers: Vec::new(),
             cli_outputs: Vec::new(),
             extra_keys: Vec::new(),
         })
     }
 
-    pub(super) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    pub(super) fn database(&self) -> PathBuf {
-        self.cluster.dir.path().join("coordinator.db")
+    /// The coordinator's job store.
+    pub fn database(&self) -> PathBuf {
+        self.database
+            .clone()
+            .unwrap_or_else(|| self.cluster.dir.path().join("coordinator.db"))
     }
 
-    pub(super) fn job_queue(&self) -> String {
+    pub fn job_queue(&self) -> String {
         self.cluster.broker.topology().job_queue()
     }
 
-    pub(super) fn s3_secret(&self) -> String {
+    pub fn s3_secret(&self) -> String {
         self.cluster
             .s3
             .secret_access_key
@@ -221,7 +272,7 @@ impl Stack {
     /// Writes a secret to a mode-600 file in the stack's folder; its path. The file is replaced
     /// atomically (written beside it, then renamed): a service started earlier may be reading it
     /// right now, and a plain rewrite would let it see the file truncated (empty).
-    pub(super) fn secret_file(&self, name: &str, value: &str) -> Result<PathBuf> {
+    pub fn secret_file(&self, name: &str, value: &str) -> Result<PathBuf> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let path = self.cluster.dir.path().join(name);
@@ -243,7 +294,7 @@ impl Stack {
 
     /// The queue and S3 settings both services share, as `REFIT__…` variables (the secrets in
     /// files with [`Options::secrets_via_files`]).
-    pub(super) fn service_env(&self, command: &mut Command) -> Result<()> {
+    pub fn service_env(&self, command: &mut Command) -> Result<()> {
         let c = &self.cluster;
         service_env(command, &c.amqp_url, &c.prefix, &c.s3);
         self.secrets_via_files(command)
@@ -251,7 +302,7 @@ impl Stack {
 
     /// With [`Options::secrets_via_files`], moves the AMQP password and the S3 secret key from
     /// the environment into files.
-    pub(super) fn secrets_via_files(&self, command: &mut Command) -> Result<()> {
+    pub fn secrets_via_files(&self, command: &mut Command) -> Result<()> {
         if self.options.secrets_via_files {
             let mut url = url::Url::parse(&self.cluster.amqp_url)?;
             let password = url.password().unwrap_or_default().to_owned();
@@ -274,19 +325,41 @@ impl Stack {
 
     /// Starts the coordinator with the stack's settings plus `extra` env, and waits until
     /// `/healthz` answers.
-    pub(super) async fn start_coordinator(&mut self, extra: &[(&str, &str)]) -> Result<()> {
+    pub async fn start_coordinator(&mut self, extra: &[(&str, &str)]) -> Result<()> {
         ensure!(self.coordinator.is_none(), "the coordinator already runs");
+        let proc = self.spawn_coordinator(&self.database(), self.port, extra)?;
+        self.coordinator = Some(proc);
+        self.wait_healthy().await
+    }
+
+    /// Starts a coordinator process with the stack's settings, its job store at `database` and
+    /// its API on `port`, without waiting for it (a second coordinator of the same deployment,
+    /// which stands by while the first is active).
+    pub fn spawn_coordinator(
+        &mut self,
+        database: &std::path::Path,
+        port: u16,
+        extra: &[(&str, &str)],
+    ) -> Result<Proc> {
         let mut command = Command::new(coordinator_binary()?);
         self.service_env(&mut command)?;
         command
-            .env(
-                "REFIT__COORDINATOR__LISTEN",
-                format!("127.0.0.1:{}", self.port),
-            )
-            .env("REFIT__COORDINATOR__DATABASE", self.database())
+            .env("REFIT__COORDINATOR__LISTEN", format!("127.0.0.1:{port}"))
+            .env("REFIT__COORDINATOR__DATABASE", database)
             .env("REFIT__COORDINATOR__OUTBOX_INTERVAL_MS", "250")
             .env("REFIT__COORDINATOR__SCHEDULER_TICK_SECS", "1")
-            .env("REFIT__COORDINATOR__SHUTDOWN_DEADLINE_SECS", "5");
+            .env("REFIT__COORDINATOR__SHUTDOWN_DEADLINE_SECS", "5")
+            .env(
+                "REFIT__COORDINATOR__LEASE_SECS",
+                self.options.lease_secs.unwrap_or(LEASE_SECS).to_string(),
+            )
+            .env(
+                "REFIT__QUEUE__DELIVERY_LIMIT",
+                self.cluster.broker.config().delivery_limit.to_string(),
+            );
+        if let Some(max) = self.options.max_failures {
+            command.env("REFIT__COORDINATOR__MAX_FAILURES", max.to_string());
+        }
         if self.options.secrets_via_files {
             command.env(
                 "REFIT__COORDINATOR__TOKEN_FILE",
@@ -317,12 +390,15 @@ impl Stack {
         let log = self
             .cluster
             .log(&format!("coordinator-{}", self.coordinator_runs));
-        self.coordinator = Some(Proc::spawn("refit-coordinator", command, log)?);
-        self.wait_healthy().await
+        Proc::spawn(
+            &format!("refit-coordinator {}", self.coordinator_runs),
+            command,
+            log,
+        )
     }
 
     /// Waits until `/healthz` answers 200.
-    pub(super) async fn wait_healthy(&self) -> Result<()> {
+    pub async fn wait_healthy(&self) -> Result<()> {
         let health = format!("{}/healthz", self.url());
         let http = &self.http;
         let proc = self.coordinator.as_ref().context("no coordinator")?;
@@ -344,12 +420,12 @@ impl Stack {
         .await
     }
 
-    pub(super) fn coordinator(&self) -> Result<&Proc> {
+    pub fn coordinator(&self) -> Result<&Proc> {
         self.coordinator.as_ref().context("no coordinator")
     }
 
     /// Stops the coordinator with SIGTERM (expects exit code 0).
-    pub(super) async fn stop_coordinator(&mut self) -> Result<()> {
+    pub async fn stop_coordinator(&mut self) -> Result<()> {
         if let Some(proc) = self.coordinator.take() {
             proc.stop().await?;
         }
@@ -357,22 +433,30 @@ impl Stack {
     }
 
     /// The id the `n`th worker (from 1) reports in its events.
-    pub(super) fn worker_id(&self, n: usize) -> String {
+    pub fn worker_id(&self, n: usize) -> String {
         self.cluster.worker_id(n)
     }
 
     /// Starts `n` more worker processes.
-    pub(super) fn start_workers(&mut self, n: usize) -> Result<()> {
+    pub fn start_workers(&mut self, n: usize) -> Result<()> {
         for _ in 0..n {
-            let (mut command, name, log) = self.cluster.worker_command()?;
-            self.secrets_via_files(&mut command)?;
-            self.workers.push(Proc::spawn(&name, command, log)?);
+            self.start_worker(&[])?;
         }
         Ok(())
     }
 
+    /// Starts one more worker with `extra` environment on top of the stack's settings; its
+    /// index in [`Self::workers`].
+    pub fn start_worker(&mut self, extra: &[(&str, &str)]) -> Result<usize> {
+        let (mut command, name, log) = self.cluster.worker_command()?;
+        self.secrets_via_files(&mut command)?;
+        command.envs(extra.iter().copied());
+        self.workers.push(Proc::spawn(&name, command, log)?);
+        Ok(self.workers.len() - 1)
+    }
+
     /// Stops every worker with SIGTERM (expects exit code 0).
-    pub(super) async fn stop_workers(&mut self) -> Result<()> {
+    pub async fn stop_workers(&mut self) -> Result<()> {
         for worker in &self.workers {
             worker.stop().await?;
         }
@@ -380,7 +464,7 @@ impl Stack {
     }
 
     /// Waits until `n` consumers are attached to the job queue (the workers are ready).
-    pub(super) async fn wait_consumers(&self, n: u64) -> Result<()> {
+    pub async fn wait_consumers(&self, n: u64) -> Result<()> {
         let queue = self.job_queue();
         let what = format!("{n} workers to attach to {queue}");
         wait_until(&what, WAIT, async || {
@@ -404,14 +488,14 @@ impl Stack {
 
     /// The last lines of every log, for failure messages (never containing secrets, which
     /// [`Self::finish`] checks).
-    pub(super) fn logs_tail(&self) -> String {
+    pub fn logs_tail(&self) -> String {
         self.cluster.logs_tail()
     }
 
     // ---- HTTP -------------------------------------------------------------------------------
 
     /// A `/v1` call with the token; the status and the JSON body (`null` when there is none).
-    pub(super) async fn call(
+    pub async fn call(
         &self,
         method: Method,
         path: &str,
@@ -440,7 +524,7 @@ impl Stack {
     }
 
     /// A `/v1` call that must answer `expected`.
-    pub(super) async fn expect(
+    pub async fn expect(
         &self,
         method: Method,
         path: &str,
@@ -456,7 +540,7 @@ impl Stack {
     }
 
     /// Uploads dataset bytes (`POST /v1/datasets`); its `{key, sha256}`.
-    pub(super) async fn upload(&self, bytes: Vec<u8>, ext: &str) -> Result<Value> {
+    pub async fn upload(&self, bytes: Vec<u8>, ext: &str) -> Result<Value> {
         let response = self
             .http
             .post(format!("{}/v1/datasets?ext={ext}", self.url()))
@@ -475,7 +559,7 @@ impl Stack {
     }
 
     /// `POST /v1/jobs` that must be accepted; the job view.
-    pub(super) async fn submit(&self, request: Value) -> Result<Value> {
+    pub async fn submit(&self, request: Value) -> Result<Value> {
         let response = self
             .expect(Method::POST, "/v1/jobs", Some(request), StatusCode::CREATED)
             .await?;
@@ -483,13 +567,13 @@ impl Stack {
     }
 
     /// `GET /v1/jobs/{id}`.
-    pub(super) async fn job(&self, id: &str) -> Result<Value> {
+    pub async fn job(&self, id: &str) -> Result<Value> {
         self.expect(Method::GET, &format!("/v1/jobs/{id}"), None, StatusCode::OK)
             .await
     }
 
     /// Waits until the job reaches a final state; its view (with events).
-    pub(super) async fn wait_final(&self, id: &str) -> Result<Value> {
+    pub async fn wait_final(&self, id: &str) -> Result<Value> {
         self.wait_job(id, "a final state", |job| {
             ["succeeded", "failed", "cancelled", "dead"]
                 .contains(&job["state"].as_str().unwrap_or(""))
@@ -498,7 +582,7 @@ impl Stack {
     }
 
     /// Waits until the job is `succeeded`; its view.
-    pub(super) async fn wait_succeeded(&self, id: &str) -> Result<Value> {
+    pub async fn wait_succeeded(&self, id: &str) -> Result<Value> {
         let job = self.wait_final(id).await?;
         ensure!(
             job["state"] == "succeeded",
@@ -512,7 +596,7 @@ impl Stack {
     }
 
     /// Polls the job until `pred` holds; its view.
-    pub(super) async fn wait_job(
+    pub async fn wait_job(
         &self,
         id: &str,
         what: &str,
@@ -534,7 +618,7 @@ impl Stack {
     }
 
     /// `GET /metrics` (no token).
-    pub(super) async fn metrics(&self) -> Result<String> {
+    pub async fn metrics(&self) -> Result<String> {
         let mut request = self.http.get(format!("{}/metrics", self.url()));
         if let Some(token) = &self.metrics_token {
             request = request.bearer_auth(token);
@@ -552,11 +636,7 @@ impl Stack {
     }
 
     /// Polls `/metrics` until `pred` holds on it; the text.
-    pub(super) async fn wait_metrics(
-        &self,
-        what: &str,
-        pred: impl Fn(&str) -> bool,
-    ) -> Result<String> {
+    pub async fn wait_metrics(&self, what: &str, pred: impl Fn(&str) -> bool) -> Result<String> {
         wait_until(&format!("/metrics to show {what}"), WAIT, async || {
             let text = self.metrics().await?;
             let seen = || {
@@ -571,14 +651,14 @@ impl Stack {
     // ---- data -------------------------------------------------------------------------------
 
     /// Writes `bytes` to a file in the stack's folder; its path.
-    pub(super) fn file(&self, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+    pub fn file(&self, name: &str, bytes: &[u8]) -> Result<PathBuf> {
         let path = self.cluster.dir.path().join(name);
         std::fs::write(&path, bytes)?;
         Ok(path)
     }
 
     /// Puts bytes at an object key (deleted at the end).
-    pub(super) async fn put_object(&mut self, key: &str, bytes: Vec<u8>) -> Result<()> {
+    pub async fn put_object(&mut self, key: &str, bytes: Vec<u8>) -> Result<()> {
         self.cluster.store.put(key, Bytes::from(bytes)).await?;
         if !self.extra_keys.iter().any(|k| k == key) {
             self.extra_keys.push(key.to_owned());
@@ -589,7 +669,7 @@ impl Stack {
     // ---- the CLI ----------------------------------------------------------------------------
 
     /// Runs `refit <args>` against this stack (`REFIT_URL`, `REFIT_TOKEN`), in the stack's folder.
-    pub(super) async fn refit(&mut self, args: &[&str]) -> Result<CliRun> {
+    pub async fn refit(&mut self, args: &[&str]) -> Result<CliRun> {
         let url = self.url();
         let token = self.token.clone();
         self.refit_with(args, &[("REFIT_URL", &url), ("REFIT_TOKEN", &token)])
@@ -597,11 +677,7 @@ impl Stack {
     }
 
     /// Runs `refit <args>` with exactly the `REFIT_*` variables given.
-    pub(super) async fn refit_with(
-        &mut self,
-        args: &[&str],
-        env: &[(&str, &str)],
-    ) -> Result<CliRun> {
+    pub async fn refit_with(&mut self, args: &[&str], env: &[(&str, &str)]) -> Result<CliRun> {
         let mut command = tokio::process::Command::new(cli_binary()?);
         for (name, _) in std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v))) {
             if name.starts_with("REFIT") {
@@ -638,7 +714,7 @@ impl Stack {
     // ---- the end ----------------------------------------------------------------------------
 
     /// The secrets no log line may hold: (what, the text looked for).
-    pub(super) fn secrets(&self) -> Vec<(&'static str, String)> {
+    pub fn secrets(&self) -> Vec<(&'static str, String)> {
         let mut secrets = vec![
             ("the API token", self.token.clone()),
             ("the S3 secret key", self.s3_secret()),
@@ -647,12 +723,22 @@ impl Stack {
         if let Some(token) = &self.metrics_token {
             secrets.push(("the metrics token", token.clone()));
         }
+        if let Some(users) = &self.role_users {
+            secrets.push((
+                "the coordinator user's AMQP password",
+                users.passwords[0].clone(),
+            ));
+            secrets.push((
+                "the worker user's AMQP password",
+                users.passwords[1].clone(),
+            ));
+        }
         secrets
     }
 
     /// Fails when a log (or the CLI's output) holds a secret; names the file and line number,
     /// never the secret.
-    pub(super) fn check_no_secrets(&self) -> Result<()> {
+    pub fn check_no_secrets(&self) -> Result<()> {
         let mut found = Vec::new();
         let mut lines_read = 0usize;
         for log in self.cluster.logs() {
@@ -686,7 +772,7 @@ impl Stack {
 
     /// Stops the processes (SIGTERM, clean exit), checks the logs for secrets, and deletes the
     /// test's queues, exchanges and objects.
-    pub(super) async fn finish(mut self) -> Result<()> {
+    pub async fn finish(mut self) -> Result<()> {
         let stopped = async {
             self.stop_workers().await?;
             self.stop_coordinator().await
@@ -698,10 +784,13 @@ impl Stack {
         clean
     }
 
-    pub(super) async fn cleanup(&mut self) {
+    pub async fn cleanup(&mut self) {
         self.cluster.cleanup(&self.extra_keys).await;
         if let Some(user) = &self.amqp_user {
             user.delete(&self.http).await;
+        }
+        if let Some(users) = &self.role_users {
+            users.delete();
         }
     }
 }
