@@ -37,33 +37,43 @@ async fn subscribe(
     let mut delay = Duration::from_millis(200);
     let mut standing_by = false;
     loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return None,
-            result = subscribe(app) => match result {
-                Ok(consumer) => {
-                    if standing_by {
-                        info!(queue = what, "took over the queue: this coordinator is now active");
-                    }
-                    return Some(consumer);
+        if shutdown.is_cancelled() {
+            return None;
+        }
+        // Not raced against `shutdown`: a subscription dropped half-way leaves its channel to
+        // close in the background, where that close can cross the connection's own at shutdown.
+        // Subscribing is bounded by the broker's connect timeout.
+        match subscribe(app).await {
+            Ok(consumer) => {
+                if shutdown.is_cancelled() {
+                    consumer.close().await;
+                    return None;
                 }
-                Err(error) if error.is_locked() => {
-                    if !standing_by {
-                        info!(
-                            %error,
-                            queue = what,
-                            "another coordinator is active: standing by"
-                        );
-                        standing_by = true;
-                    }
-                    delay = STANDBY_RETRY;
+                if standing_by {
+                    info!(
+                        queue = what,
+                        "took over the queue: this coordinator is now active"
+                    );
                 }
-                Err(error) if error.is_transient() => {
-                    warn!(%error, queue = what, retry_in = ?delay, "cannot subscribe; retrying");
+                return Some(consumer);
+            }
+            Err(error) if error.is_locked() => {
+                if !standing_by {
+                    info!(
+                        %error,
+                        queue = what,
+                        "another coordinator is active: standing by"
+                    );
+                    standing_by = true;
                 }
-                Err(error) => {
-                    warn!(%error, queue = what, "cannot subscribe (permanent); retrying slowly");
-                    delay = Duration::from_secs(30);
-                }
+                delay = STANDBY_RETRY;
+            }
+            Err(error) if error.is_transient() => {
+                warn!(%error, queue = what, retry_in = ?delay, "cannot subscribe; retrying");
+            }
+            Err(error) => {
+                warn!(%error, queue = what, "cannot subscribe (permanent); retrying slowly");
+                delay = Duration::from_secs(30);
             }
         }
         tokio::select! {

@@ -250,25 +250,37 @@ impl Consumer {
         result
     }
 
+    /// Opens a channel and subscribes on it; on failure the channel is closed here, not left to
+    /// close in the background (see [`close_channel`]).
     async fn subscribe(&mut self) -> Result<Active, QueueError> {
         let mut channel = self.broker.channel().await?;
+        match self.subscribe_on(&mut channel).await {
+            Ok(stream) => Ok(Active { channel, stream }),
+            Err(error) => {
+                close_channel(&channel, &self.queue).await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn subscribe_on(&mut self, channel: &mut Channel) -> Result<lapin::Consumer, QueueError> {
         match self.source {
-            Source::Jobs => match self.topology.declare(&channel).await {
+            Source::Jobs => match self.topology.declare(channel).await {
                 Ok(()) => {}
                 // A broker user without configure permission: the coordinator declares.
                 Err(error) if error.is_access_refused() => {
                     debug!(%error, "may not declare the topology; checking it exists");
-                    channel = self.broker.channel().await?;
-                    self.topology.check_declared(&channel).await?;
+                    *channel = self.broker.channel().await?;
+                    self.topology.check_declared(channel).await?;
                 }
                 Err(error) => return Err(error),
             },
             Source::Events | Source::DeadLetters => {
-                self.topology.declare_coordinator(&channel).await?;
-                self.topology.take_coordinator_lock(&channel).await?;
+                self.topology.declare_coordinator(channel).await?;
+                self.topology.take_coordinator_lock(channel).await?;
             }
             Source::Inbox => {
-                self.queue = self.topology.declare_inbox(&channel).await?;
+                self.queue = self.topology.declare_inbox(channel).await?;
                 if let Some(name) = &self.inbox_name {
                     name.send_replace(self.queue.clone());
                 }
@@ -278,7 +290,7 @@ impl Consumer {
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await
             .map_err(QueueError::amqp("set the prefetch count"))?;
-        let stream = channel
+        channel
             .basic_consume(
                 self.queue.as_str().into(),
                 "".into(),
@@ -286,8 +298,7 @@ impl Consumer {
                 FieldTable::default(),
             )
             .await
-            .map_err(QueueError::amqp(format!("consume queue {}", self.queue)))?;
-        Ok(Active { channel, stream })
+            .map_err(QueueError::amqp(format!("consume queue {}", self.queue)))
     }
 }
 
