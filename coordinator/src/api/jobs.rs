@@ -155,6 +155,19 @@ fn job_id(id: &str) -> Result<String, ApiError> {
     })
 }
 
+/// "No such job", with a hint when this coordinator is not the active one: a standby, or one
+/// that has not yet recovered the jobs a lost store held (deploy/README.md, "Guarantees").
+fn no_job(app: &App, id: &str) -> ApiError {
+    if app.is_active() {
+        ApiError::not_found(format!("no job {id}"))
+    } else {
+        ApiError::not_found(format!(
+            "no job {id} here; this coordinator is not the active one yet (standing by, or \
+             recovering jobs from the object store): ask again in a moment or ask the active one"
+        ))
+    }
+}
+
 /// A job with its events.
 pub(super) async fn get_one(
     State(app): State<App>,
@@ -165,7 +178,7 @@ pub(super) async fn get_one(
         .store
         .job(id.clone())
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
+        .ok_or_else(|| no_job(&app, &id))?;
     Ok(Json(job.view))
 }
 
@@ -179,7 +192,7 @@ pub(super) async fn cancel(
         .store
         .request_cancel(id.clone())
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
+        .ok_or_else(|| no_job(&app, &id))?;
     if before.is_final() {
         return Err(ApiError::conflict(format!("job {id} is already {before}")));
     }

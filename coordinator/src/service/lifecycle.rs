@@ -248,7 +248,7 @@ pub(super) async fn run_janitor(app: App, shutdown: CancellationToken) {
                         )
                         .await?;
                     app.registry
-                        .delete_attempts(&spec.model, spec.output_version, job.committed)
+                        .delete_stray_attempts(&spec.model, spec.output_version)
                         .await?;
                 }
                 let prefix = keys::job_prefix(spec.id);

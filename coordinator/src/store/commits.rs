@@ -261,6 +261,8 @@ impl Store {
                 return Ok(false);
             }
             let (state, closed) = match (committed, reservation.state) {
+                // Closed already: only the record comes back.
+                (true, ReservationState::Succeeded) => ("succeeded", true),
                 (true, _) => ("succeeded", false),
                 (false, ReservationState::Open) => ("queued", false),
                 // Ended without a version: nothing to run, nothing to close.

@@ -130,8 +130,8 @@ pub(super) fn adopt(
     tx.execute(
         "UPDATE jobs SET lease_attempt = ?2, lease_worker = ?3, lease_inbox = ?4, \
          lease_expires_at = ?5, fence = ?6, state = 'running', worker = ?3, \
-         started_at = COALESCE(started_at, ?7), last_heartbeat_at = ?7, updated_at = ?7 \
-         WHERE id = ?1",
+         started_at = COALESCE(started_at, ?7), last_heartbeat_at = ?7, updated_at = ?7, \
+         published_at = COALESCE(published_at, ?7) WHERE id = ?1",
         params![
             id,
             attempt.to_string(),
@@ -218,11 +218,13 @@ pub(super) fn claim(
         }
     }
     let fence = row.fence + 1;
+    // A claim proves the broker had the message, whether or not its publish was recorded (the
+    // coordinator may have died between the confirm and the record).
     tx.execute(
         "UPDATE jobs SET lease_attempt = ?2, lease_worker = ?3, lease_inbox = ?4, \
          lease_expires_at = ?5, fence = ?6, state = 'running', worker = ?3, \
-         started_at = COALESCE(started_at, ?7), last_heartbeat_at = ?7, updated_at = ?7 \
-         WHERE id = ?1",
+         started_at = COALESCE(started_at, ?7), last_heartbeat_at = ?7, updated_at = ?7, \
+         published_at = COALESCE(published_at, ?7) WHERE id = ?1",
         params![
             id,
             attempt.to_string(),

@@ -21,7 +21,6 @@ use refit_proto::manifest::{FileEntry, VersionFiles};
 use refit_proto::{AttemptId, JobSpec, Manifest, ModelName, Version, keys};
 
 use super::{Registry, RegistryError};
-use crate::storage::StorageError;
 
 impl Registry {
     /// Uploads an attempt's version files, then its draft manifest, under
@@ -150,14 +149,22 @@ impl Registry {
         Ok(manifest)
     }
 
-    /// Deletes what attempts other than `keep` uploaded for a version (all of them with `None`);
-    /// the manifest and the reservation stay. Returns how many objects went.
-    pub async fn delete_attempts(
+    /// Deletes the uploads of every attempt but the committed one: what the version's manifest
+    /// names, read here rather than taken from the caller, so a job store that lost track of a
+    /// commit (a lost or older store, see `Store::recover` in the coordinator) never deletes a
+    /// version's files. With no manifest (the job ended without a version) every attempt's
+    /// uploads go; a manifest that does not parse deletes nothing and is an error. The manifest
+    /// and the reservation stay. Returns how many objects went.
+    pub async fn delete_stray_attempts(
         &self,
         model: &ModelName,
         version: Version,
-        keep: Option<AttemptId>,
-    ) -> Result<usize, StorageError> {
+    ) -> Result<usize, RegistryError> {
+        let keep = match self.manifest(model, version).await {
+            Ok(manifest) => manifest.attempt_id,
+            Err(RegistryError::NotFound { .. }) => None,
+            Err(error) => return Err(error),
+        };
         let prefix = keys::version_prefix(model, version);
         let mut deleted = 0;
         for object in self.store.list(&prefix).await? {

@@ -198,13 +198,20 @@ async fn an_attempt_becomes_the_version_only_when_committed() {
         "{result:?}"
     );
 
-    // The loser's files go; the committed ones stay.
+    // The loser's files go; the committed ones stay (the manifest says which they are).
     assert_eq!(
         registry
-            .delete_attempts(&name(), Version::first(), Some(first))
+            .delete_stray_attempts(&name(), Version::first())
             .await
             .unwrap(),
         4
+    );
+    assert_eq!(
+        registry
+            .delete_stray_attempts(&name(), Version::first())
+            .await
+            .unwrap(),
+        0
     );
     let back = registry
         .read_version(&name(), Version::first())
