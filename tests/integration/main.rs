@@ -6,6 +6,7 @@
 
 mod common;
 mod coordinator;
+mod ownership;
 mod queue;
 mod storage;
 mod worker;

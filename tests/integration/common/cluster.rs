@@ -3,9 +3,9 @@
 //!
 //! A test gets its own queue prefix (so every queue and exchange it touches is its own), its own
 //! model name, a connection to the broker, a store on the S3 server, and a folder for its files
-//! and the logs of the processes it starts. The worker tests drive a cluster directly (publishing
-//! jobs, reading events); the coordinator tests add a coordinator (`coordinator::Stack`). Both
-//! start workers here, with the same settings.
+//! and the logs of the processes it starts. Workers claim their jobs from a coordinator, so every
+//! end-to-end test runs a cluster through a `common::stack::Stack` (a coordinator on top of it);
+//! the workers are started here, with the same settings everywhere.
 
 use std::path::PathBuf;
 use std::process::Command;
