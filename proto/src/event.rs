@@ -222,8 +222,8 @@ pub struct ResumePoint {
     pub vocab: FileRef,
 }
 
-/// A message from the coordinator to one worker, on the worker's inbox (or, for workers older
-/// than leases, the `refit.control` fanout).
+/// A message from the coordinator to one worker, on the worker's inbox (an exclusive queue only
+/// that worker's connection reads, named in its events' `reply_to`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Control {

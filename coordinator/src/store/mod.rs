@@ -65,9 +65,38 @@ pub struct Store {
     conn: Arc<Mutex<Connection>>,
 }
 
+/// How hard a commit is pushed to disk (SQLite's `synchronous` in WAL mode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous = FULL`: the log is synced at every commit, so a submit the API
+    /// acknowledged, a granted lease or a committed version survives a power loss. What the
+    /// coordinator runs with.
+    #[default]
+    Full,
+    /// `synchronous = NORMAL`: synced only at checkpoints; the last commits can be lost on a
+    /// power loss (not on a process crash). Only for comparison: the `store_durability` example
+    /// measures what `Full` costs against it (BENCHMARKS.md).
+    Normal,
+}
+
+impl Durability {
+    fn pragma(self) -> &'static str {
+        match self {
+            Self::Full => "FULL",
+            Self::Normal => "NORMAL",
+        }
+    }
+}
+
 impl Store {
-    /// Opens (creating it and its folder if needed) and migrates the database at `path`.
+    /// Opens (creating it and its folder if needed) and migrates the database at `path`, with
+    /// [`Durability::Full`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, Durability::Full)
+    }
+
+    /// [`Store::open`] with a chosen durability.
+    pub fn open_with(path: &Path, durability: Durability) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
@@ -76,21 +105,21 @@ impl Store {
             })?;
         }
         let conn = Connection::open(path)?;
-        Self::setup(conn)
+        Self::setup(conn, durability)
     }
 
     /// An in-memory store, for unit tests.
     pub fn in_memory() -> Result<Self, StoreError> {
-        Self::setup(Connection::open_in_memory()?)
+        Self::setup(Connection::open_in_memory()?, Durability::Full)
     }
 
-    fn setup(mut conn: Connection) -> Result<Self, StoreError> {
+    fn setup(mut conn: Connection, durability: Durability) -> Result<Self, StoreError> {
         // WAL lets readers (a backup, `sqlite3` by an operator) run beside the coordinator.
         // `synchronous = FULL` syncs the log at every commit, so a submit the API acknowledged,
         // a granted lease or a committed version survives a power loss too (NORMAL would lose
         // the last transactions: a job already published could vanish from the store).
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "synchronous", durability.pragma())?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
@@ -154,6 +183,30 @@ pub(crate) fn parse_ts_opt(text: Option<String>) -> Result<Option<DateTime<Utc>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_store_on_disk_syncs_every_commit_unless_asked_not_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let synchronous = async |durability| {
+            let store = Store::open_with(&dir.path().join("c.db"), durability).unwrap();
+            store
+                .call(|conn| {
+                    Ok(conn.pragma_query_value(None, "synchronous", |r| r.get::<_, i64>(0))?)
+                })
+                .await
+                .unwrap()
+        };
+        // SQLite's codes: 2 = FULL, 1 = NORMAL.
+        assert_eq!(synchronous(Durability::Full).await, 2);
+        assert_eq!(synchronous(Durability::Normal).await, 1);
+        assert_eq!(Durability::default(), Durability::Full);
+        let store = Store::open(&dir.path().join("d.db")).unwrap();
+        let mode: String = store
+            .call(|conn| Ok(conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
 
     #[test]
     fn migrations_apply_once_and_a_newer_schema_is_refused() {
