@@ -127,21 +127,7 @@ pub(super) fn adopt(
     if row.attempt.is_some() && lapse(tx, id, row, now, settings)? != Lapse::Requeued {
         return Ok(false);
     }
-    tx.execute(
-        "UPDATE jobs SET lease_attempt = ?2, lease_worker = ?3, lease_inbox = ?4, \
-         lease_expires_at = ?5, fence = ?6, state = 'running', worker = ?3, \
-         started_at = COALESCE(started_at, ?7), last_heartbeat_at = ?7, updated_at = ?7, \
-         published_at = COALESCE(published_at, ?7) WHERE id = ?1",
-        params![
-            id,
-            attempt.to_string(),
-            worker,
-            inbox,
-            expiry(now, settings),
-            i64::try_from(fence).unwrap_or(i64::MAX),
-            ts(now),
-        ],
-    )?;
+    hold(tx, id, (attempt, worker, inbox, fence), now, settings)?;
     super::events::coordinator_event(
         tx,
         id,
@@ -218,8 +204,20 @@ pub(super) fn claim(
         }
     }
     let fence = row.fence + 1;
-    // A claim proves the broker had the message, whether or not its publish was recorded (the
-    // coordinator may have died between the confirm and the record).
+    hold(tx, id, (attempt, worker, inbox, fence), now, settings)?;
+    Ok(ClaimOutcome::Granted(grant(fence)))
+}
+
+/// Gives the lease to `attempt` with `fence`, from `now`: the job runs. A holder proves the
+/// broker had the job's message, whether or not its publish was recorded (the coordinator may
+/// have died between the confirm and the record), so the job counts as published too.
+fn hold(
+    tx: &Transaction<'_>,
+    id: &str,
+    (attempt, worker, inbox, fence): (AttemptId, &str, Option<&str>, u64),
+    now: DateTime<Utc>,
+    settings: LeaseSettings,
+) -> Result<(), StoreError> {
     tx.execute(
         "UPDATE jobs SET lease_attempt = ?2, lease_worker = ?3, lease_inbox = ?4, \
          lease_expires_at = ?5, fence = ?6, state = 'running', worker = ?3, \
@@ -235,7 +233,7 @@ pub(super) fn claim(
             ts(now),
         ],
     )?;
-    Ok(ClaimOutcome::Granted(grant(fence)))
+    Ok(())
 }
 
 /// Renews the holder's lease from `now`; a new inbox (after the worker reconnected) replaces
