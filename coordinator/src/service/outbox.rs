@@ -12,8 +12,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use refit_io::queue::{Publisher, QueueError, close_channel};
+use refit_io::registry::RegistryError;
 use refit_proto::reservation::Reservation;
-use refit_proto::{Control, JobId};
+use refit_proto::{Control, JobId, JobSpec};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -94,16 +95,11 @@ async fn drain(app: &App, link: &mut Option<Link>) -> anyhow::Result<()> {
     let fetched = jobs.len();
     for job in jobs {
         let (id, pool, spec) = (job.id, job.pool, job.spec);
-        if !job.reserved {
-            app.registry
-                .reserve(&Reservation::open(
-                    spec.clone(),
-                    app.broker.topology().prefix().to_owned(),
-                    pool.clone(),
-                ))
-                .await?;
-            app.store.mark_reserved(id.clone()).await?;
-        }
+        let spec = if job.reserved {
+            spec
+        } else {
+            reserve(app, &id, spec, &pool).await?
+        };
         if !pools.contains(&pool) {
             let channel = app.broker.channel().await?;
             app.broker
@@ -141,4 +137,52 @@ async fn drain(app: &App, link: &mut Option<Link>) -> anyhow::Result<()> {
         app.outbox_wake.notify_one();
     }
     Ok(())
+}
+
+/// Writes the reservation of an unpublished job's version number, first moving the job to a
+/// free number if the object store holds another job's reservation or manifest there (a second
+/// coordinator numbered a job without knowing of this one). Returns the job's message with the
+/// number it keeps.
+async fn reserve(app: &App, id: &str, mut spec: JobSpec, pool: &str) -> anyhow::Result<JobSpec> {
+    while let Some(owner) = number_taken(app, &spec).await? {
+        let latest = app.registry.highest_taken(&spec.model).await?;
+        let from = spec.output_version;
+        spec = app
+            .store
+            .renumber(id.to_owned(), latest)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("job {id} was reserved or removed meanwhile"))?;
+        warn!(
+            job_id = %id, model = %spec.model, %from, to = %spec.output_version, %owner,
+            "the version number is another job's in the object store; the job takes the next free one"
+        );
+    }
+    app.registry
+        .reserve(&Reservation::open(
+            spec.clone(),
+            app.broker.topology().prefix().to_owned(),
+            pool.to_owned(),
+        ))
+        .await?;
+    app.store.mark_reserved(id.to_owned()).await?;
+    Ok(spec)
+}
+
+/// Who else holds `spec`'s version number in the object store, if anyone: another job's
+/// reservation or manifest (a manifest that does not parse counts as taken).
+async fn number_taken(app: &App, spec: &JobSpec) -> anyhow::Result<Option<String>> {
+    let (model, version) = (&spec.model, spec.output_version);
+    if let Some(reservation) = app.registry.reservation(model, version).await? {
+        return Ok((reservation.job_id != spec.id).then(|| reservation.job_id.to_string()));
+    }
+    match app.registry.manifest(model, version).await {
+        Ok(manifest) if manifest.job_id == Some(spec.id) => Ok(None),
+        Ok(manifest) => Ok(Some(manifest.job_id.map_or_else(
+            || "a version written without a job".to_owned(),
+            |j| j.to_string(),
+        ))),
+        Err(RegistryError::NotFound { .. }) => Ok(None),
+        Err(RegistryError::Corrupt { .. }) => Ok(Some("a manifest that does not parse".into())),
+        Err(error) => Err(error.into()),
+    }
 }

@@ -9,6 +9,9 @@
 //! the model's latest version (or of a job still queued or running); otherwise it stores a
 //! content-addressed copy and submits an `auto` job with the schedule's policy, forcing a scratch
 //! run after `full_retrain_every` fine-tunes in a row.
+//!
+//! Only the active coordinator runs schedules (a standby would submit the same runs again);
+//! one that becomes active catches up on a missed slot as after downtime.
 
 use std::time::Duration;
 
@@ -32,7 +35,7 @@ pub(super) async fn run(app: App, shutdown: CancellationToken) {
     }
     let tick = Duration::from_secs(app.config.coordinator.scheduler_tick_secs);
     loop {
-        for schedule in &app.config.schedule {
+        for schedule in app.config.schedule.iter().filter(|_| app.is_active()) {
             if shutdown.is_cancelled() {
                 return;
             }

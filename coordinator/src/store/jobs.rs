@@ -304,6 +304,51 @@ impl Store {
         .await
     }
 
+    /// Gives a job that has no reservation yet the next free version number of its model (above
+    /// every job's here and above `stored_latest`, the object store's highest), for a job whose
+    /// number turned out to be another job's in the object store: one a second coordinator (a
+    /// standby, or one on an older copy of the store) numbered without knowing of this one.
+    /// Returns the job's new message; `None` when the job is gone or already reserved (its
+    /// number is then its own for good).
+    pub async fn renumber(
+        &self,
+        id: String,
+        stored_latest: Option<Version>,
+    ) -> Result<Option<JobSpec>, StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            let row: Option<(Vec<u8>, bool)> = tx
+                .query_row(
+                    "SELECT spec, reserved FROM jobs WHERE id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((bytes, false)) = row else {
+                return Ok(None);
+            };
+            let mut spec: JobSpec = decode(&bytes).map_err(|e| corrupt("spec", e))?;
+            let max_job: Option<i64> = tx.query_row(
+                "SELECT MAX(version) FROM jobs WHERE model = ?1",
+                params![spec.model.as_str()],
+                |r| r.get(0),
+            )?;
+            let floor = i64::from(stored_latest.map_or(0, Version::get));
+            let next = max_job.unwrap_or(0).max(floor) + 1;
+            spec.output_version = u32::try_from(next)
+                .ok()
+                .and_then(|n| Version::new(n).ok())
+                .ok_or_else(|| corrupt("version", next))?;
+            tx.execute(
+                "UPDATE jobs SET version = ?2, spec = ?3 WHERE id = ?1",
+                params![id, next, encode(&spec)],
+            )?;
+            tx.commit()?;
+            Ok(Some(spec))
+        })
+        .await
+    }
+
     /// Records a confirmed publish.
     pub async fn mark_published(&self, id: String) -> Result<(), StoreError> {
         self.call(move |conn| {
@@ -502,8 +547,27 @@ pub(crate) mod tests {
         assert_eq!(outbox.len(), 1);
         assert_eq!(outbox[0].spec, spec);
         assert!(!outbox[0].reserved);
+        // Unreserved, its number can still move (it was another job's in the object store).
+        let spec = store
+            .renumber(a.view.id.clone(), Some(Version::new(7).unwrap()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(spec.output_version.get(), 8);
+        let outbox = store.outbox(10).await.unwrap();
+        assert_eq!(outbox[0].spec.output_version.get(), 8);
+        let view = store.job(a.view.id.clone()).await.unwrap().unwrap().view;
+        assert_eq!(view.version, "v8");
         store.mark_reserved(a.view.id.clone()).await.unwrap();
         assert!(store.outbox(10).await.unwrap()[0].reserved);
+        // Reserved, it is the job's for good.
+        assert!(
+            store
+                .renumber(a.view.id.clone(), None)
+                .await
+                .unwrap()
+                .is_none()
+        );
         store.mark_published(a.view.id.clone()).await.unwrap();
         assert!(store.outbox(10).await.unwrap().is_empty());
         let job = store.job(a.view.id).await.unwrap().unwrap();
