@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::{check_one_run, holders};
 use crate::common::api::{free_port, metric};
 use crate::common::examples;
+use crate::common::jobs::check_committed;
 use crate::common::proc::Proc;
 use crate::common::stack::{Stack, WAIT};
 use crate::common::wait::{done_if, wait_until};
@@ -233,5 +234,64 @@ async fn a_second_coordinator_with_an_older_store_takes_over_and_the_job_runs_on
         },
         holders(&job)
     );
+    stack.finish().await
+}
+
+/// Two coordinators number one version each for two jobs without knowing of each other (the
+/// standby's job waits in its outbox, unreserved, while the active one gives the same number
+/// to its own job and commits it); when the standby takes over, its job moves to the next free
+/// number before it is reserved: no number is used twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standbys_job_moves_to_a_free_number_when_the_active_one_took_its_number() -> Result<()> {
+    let mut stack = Stack::new("onum").await?;
+    stack.start_coordinator(&[]).await?;
+    let port_a = stack.port;
+    let copy = stack.cluster.dir.path().join("coordinator-b.db");
+    let port_b = free_port()?;
+    let b = stack.spawn_coordinator(&copy, port_b, &[])?;
+    wait_active(&stack, stack.coordinator()?, port_a, true).await?;
+    wait_active(&stack, &b, port_b, false).await?;
+    let data = stack.upload_examples(&examples(3)?).await?;
+
+    // The standby stores a job as v1 (it cannot publish it) …
+    stack.port = port_b;
+    let on_b = stack.submit_scratch(&data, 1, json!({})).await?;
+    ensure!(stack.job(&on_b).await?["version"] == "v1");
+    // … and the active one gives v1 to its own job, which runs and is committed.
+    stack.port = port_a;
+    let on_a = stack.submit_scratch(&data, 1, json!({})).await?;
+    ensure!(stack.job(&on_a).await?["version"] == "v1");
+    stack.start_worker(&[])?;
+    stack.wait_succeeded(&on_a).await?;
+
+    // A goes; B takes over and publishes its job under the next free number.
+    stack.coordinator()?.stop().await?;
+    stack.coordinator = Some(b);
+    stack.port = port_b;
+    stack.database = Some(copy);
+    wait_active(&stack, stack.coordinator()?, port_b, true).await?;
+    let job = stack.wait_succeeded(&on_b).await?;
+    ensure!(job["version"] == "v2", "B's job is {}", job["version"]);
+    ensure!(
+        stack
+            .coordinator()?
+            .log_text()
+            .contains("the job takes the next free one"),
+        "B did not log the move"
+    );
+    ensure!(
+        stack.versions().await? == [1, 2],
+        "{:?}",
+        stack.versions().await?
+    );
+    for (version, id) in [(1, &on_a), (2, &on_b)] {
+        let manifest = stack.verify_version(version).await?;
+        ensure!(
+            manifest.job_id.map(|j| j.to_string()).as_deref() == Some(id.as_str()),
+            "v{version} belongs to {:?}, not {id}",
+            manifest.job_id
+        );
+    }
+    check_committed(&stack, &job).await?;
     stack.finish().await
 }

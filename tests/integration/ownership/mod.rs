@@ -9,7 +9,7 @@
 //!
 //! | module | "Done when" | test |
 //! | --- | --- | --- |
-//! | `duplicates` | 1 | the same message twice, an outbox republish, two coordinators |
+//! | `duplicates` | 1, 6 | the same message twice, an outbox republish, two coordinators; a standby's job renumbered |
 //! | `faults` | 2 | a worker frozen for 2× the lease after uploading |
 //! | `long_job` | 3 | a 3-minute job of 65-second epochs with the consumer timeout at 60 s |
 //! | `faults` | 4 | 8 SIGTERM hand-backs; a job that kills its workers is dead-lettered |
