@@ -76,7 +76,8 @@ impl Registry {
     }
 
     /// Commits `attempt`'s upload as version `job.output_version` of `job.model` by writing the
-    /// version's manifest (see the [module docs](self)). `draft_sha256` is the draft manifest's
+    /// version's manifest, which names the attempt's files by their paths in the version's
+    /// folder (`<attempt>/<name>`); nothing is copied. `draft_sha256` is the draft manifest's
     /// sha256 as the attempt reported it.
     ///
     /// Checks before writing: the draft parses and is for this job's model, version, data and
