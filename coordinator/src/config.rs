@@ -116,6 +116,11 @@ pub struct CoordinatorSettings {
     /// How often the outbox retries publishing stored jobs that are not yet confirmed, in
     /// milliseconds. Default 1000.
     pub outbox_interval_ms: u64,
+    /// Times the broker may refuse to take a job (its pool's queue was declared with other
+    /// arguments, a permission is missing) before the job fails with the broker's reason;
+    /// refused jobs are retried with backoff (from `outbox_interval_ms`, doubling, at most 5
+    /// minutes) and never hold up the jobs behind them. Default 8.
+    pub publish_attempts: u32,
     /// How often the scheduler looks for due runs, in seconds. Default 15.
     pub scheduler_tick_secs: u64,
     /// After SIGTERM/SIGINT, how long in-flight requests get to finish, in seconds. Default 10.
@@ -139,6 +144,7 @@ impl Default for CoordinatorSettings {
             max_dataset_bytes: 64 << 20,
             management_url: "http://127.0.0.1:15672".to_owned(),
             outbox_interval_ms: 1000,
+            publish_attempts: 8,
             scheduler_tick_secs: 15,
             shutdown_deadline_secs: 10,
         }
@@ -162,6 +168,7 @@ impl fmt::Debug for CoordinatorSettings {
             .field("max_dataset_bytes", &self.max_dataset_bytes)
             .field("management_url", &self.management_url)
             .field("outbox_interval_ms", &self.outbox_interval_ms)
+            .field("publish_attempts", &self.publish_attempts)
             .field("scheduler_tick_secs", &self.scheduler_tick_secs)
             .field("shutdown_deadline_secs", &self.shutdown_deadline_secs)
             .finish()
@@ -278,10 +285,15 @@ impl CoordinatorConfig {
                 "lease_secs must be at least 2 and max_failures at least 1".into(),
             ));
         }
-        if c.stall_after_secs == 0 || c.outbox_interval_ms == 0 || c.scheduler_tick_secs == 0 {
+        if c.stall_after_secs == 0
+            || c.outbox_interval_ms == 0
+            || c.scheduler_tick_secs == 0
+            || c.publish_attempts == 0
+        {
             return Err(invalid(
                 "coordinator",
-                "stall_after_secs, outbox_interval_ms and scheduler_tick_secs must be above 0"
+                "stall_after_secs, outbox_interval_ms, scheduler_tick_secs and publish_attempts \
+                 must be above 0"
                     .into(),
             ));
         }

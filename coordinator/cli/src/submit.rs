@@ -117,7 +117,8 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "N")]
     priority: Option<u8>,
 
-    /// The worker pool to queue the job for [default: the coordinator's].
+    /// The worker pool to queue the job for: letters, digits, '-' and '_' [default: the
+    /// coordinator's].
     #[arg(long, value_name = "NAME")]
     pool: Option<String>,
 

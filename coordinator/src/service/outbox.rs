@@ -7,6 +7,11 @@
 //! duplicate's claim is refused (one lease per job), so it never trains twice. A job queued again
 //! after its attempt let it go (`store::leases`) is published anew the same way. Cancels go to the
 //! inbox of the attempt that holds the job. Only the active coordinator publishes.
+//!
+//! An outage (no connection, a timeout) stops a pass, and the next one starts over. A refusal
+//! that is about one job (its pool's queue exists with other arguments, a permission is
+//! missing) holds back that job only: it is retried with backoff and fails after
+//! `coordinator.publish_attempts` refusals with the broker's reason.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -100,18 +105,33 @@ async fn drain(app: &App, link: &mut Option<Link>) -> anyhow::Result<()> {
         } else {
             reserve(app, &id, spec, &pool).await?
         };
-        if !pools.contains(&pool) {
-            let channel = app.broker.channel().await?;
-            app.broker
-                .topology()
-                .declare_job_queue(&channel, &pool)
-                .await?;
-            close_channel(&channel, "declarations").await;
-            pools.insert(pool.clone());
+        let published = async {
+            if !pools.contains(&pool) {
+                let channel = app.broker.channel().await?;
+                let declared = app
+                    .broker
+                    .topology()
+                    .declare_job_queue(&channel, &pool)
+                    .await;
+                close_channel(&channel, "declarations").await;
+                declared?;
+                pools.insert(pool.clone());
+            }
+            publisher.publish_job_to(&pool, &spec).await
         }
-        if let Err(error) = publisher.publish_job_to(&pool, &spec).await {
-            app.store.publish_failed(id.clone()).await?;
-            return Err(error.into());
+        .await;
+        match published {
+            Ok(()) => {}
+            // The broker's answer is about this job (its pool's queue was declared with other
+            // arguments, a permission is missing): hold it back and go on with the others.
+            Err(error) if !error.is_transient() => {
+                refused(app, &id, &pool, &error).await?;
+                continue;
+            }
+            Err(error) => {
+                app.store.publish_failed(id.clone()).await?;
+                return Err(error.into());
+            }
         }
         super::fault::maybe_exit_after_publish();
         app.store.mark_published(id.clone()).await?;
@@ -185,4 +205,31 @@ async fn number_taken(app: &App, spec: &JobSpec) -> anyhow::Result<Option<String
         Err(RegistryError::Corrupt { .. }) => Ok(Some("a manifest that does not parse".into())),
         Err(error) => Err(error.into()),
     }
+}
+
+/// Records the broker's refusal of a job: retried with backoff, failed after
+/// `coordinator.publish_attempts` refusals.
+async fn refused(app: &App, id: &str, pool: &str, error: &QueueError) -> anyhow::Result<()> {
+    let settings = &app.config.coordinator;
+    let failed = app
+        .store
+        .publish_refused(
+            id.to_owned(),
+            error.to_string(),
+            settings.publish_attempts,
+            Duration::from_millis(settings.outbox_interval_ms),
+        )
+        .await?;
+    if failed {
+        warn!(
+            job_id = %id, %pool, %error,
+            "the broker keeps refusing the job; it failed"
+        );
+    } else {
+        warn!(
+            job_id = %id, %pool, %error,
+            "the broker refused the job; retrying it later, the others go on"
+        );
+    }
+    Ok(())
 }

@@ -218,17 +218,7 @@ impl App {
             return Err(invalid("learning_rate must be a positive number"));
         }
         if let Some(pool) = &request.pool {
-            let ok = !pool.is_empty()
-                && pool.len() <= 64
-                && pool != "dead"
-                && pool
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-            if !ok {
-                return Err(invalid(format!(
-                    "pool {pool:?}: use letters, digits, '-', '_' and '.' (not \"dead\")"
-                )));
-            }
+            refit_io::queue::check_pool(pool).map_err(invalid)?;
         }
 
         let versions = self.registry.versions(&model).await?;

@@ -278,9 +278,11 @@ impl Store {
         self.call(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, pool, spec, reserved FROM jobs WHERE published_at IS NULL AND \
-                 state = 'queued' ORDER BY submitted_at LIMIT ?1",
+                 state = 'queued' AND (publish_after IS NULL OR publish_after <= ?2) \
+                 ORDER BY submitted_at LIMIT ?1",
             )?;
-            let rows = stmt.query_map(params![i64::from(limit)], |r| {
+            let now = ts(Utc::now());
+            let rows = stmt.query_map(params![i64::from(limit), now], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
@@ -355,10 +357,67 @@ impl Store {
             let now = ts(Utc::now());
             conn.execute(
                 "UPDATE jobs SET published_at = ?2, publish_attempts = publish_attempts + 1, \
-                 updated_at = ?2 WHERE id = ?1",
+                 publish_after = NULL, publish_error = NULL, publish_refusals = 0, updated_at = ?2 \
+                 WHERE id = ?1",
                 params![id, now],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Records that the broker refused a job (not an outage: its answer was about this job).
+    /// Below `attempts` refusals the job waits `backoff` doubled per refusal (at most 5
+    /// minutes) before the outbox tries it again; at `attempts` it fails with `reason`.
+    /// Returns whether it failed.
+    pub async fn publish_refused(
+        &self,
+        id: String,
+        reason: String,
+        attempts: u32,
+        backoff: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            let refused: Option<i64> = tx
+                .query_row(
+                    "UPDATE jobs SET publish_attempts = publish_attempts + 1, \
+                     publish_refusals = publish_refusals + 1, publish_error = ?2 \
+                     WHERE id = ?1 AND state = 'queued' AND published_at IS NULL \
+                     RETURNING publish_refusals",
+                    params![id, reason],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            // Cancelled or published meanwhile: nothing to hold back.
+            let Some(refused) = refused else {
+                return Ok(false);
+            };
+            let now = Utc::now();
+            let failed = refused >= i64::from(attempts);
+            if failed {
+                tx.execute(
+                    "UPDATE jobs SET state = 'failed', error = ?2, finished_at = ?3, \
+                     updated_at = ?3 WHERE id = ?1",
+                    params![
+                        id,
+                        format!("the broker refused the job {refused} times: {reason}"),
+                        ts(now)
+                    ],
+                )?;
+            } else {
+                let doublings = u32::try_from(refused.clamp(1, 20) - 1).unwrap_or(0);
+                let wait = backoff
+                    .saturating_mul(1 << doublings)
+                    .min(std::time::Duration::from_secs(300));
+                let after = now + chrono::Duration::from_std(wait).unwrap_or_default();
+                tx.execute(
+                    "UPDATE jobs SET publish_after = ?2 WHERE id = ?1",
+                    params![id, ts(after)],
+                )?;
+            }
+            tx.commit()?;
+            Ok(failed)
         })
         .await
     }
@@ -537,6 +596,39 @@ pub(crate) mod tests {
         assert_eq!(c.view.version, "v8");
         assert_eq!(a.view.state, JobState::Queued);
         assert!(!a.view.published);
+    }
+
+    #[tokio::test]
+    async fn a_refused_job_waits_its_backoff_without_holding_others_then_fails() {
+        let store = Store::in_memory().unwrap();
+        let (a, _) = store.insert_job(new_job("m"), None).await.unwrap();
+        let (b, _) = store.insert_job(new_job("m"), None).await.unwrap();
+        let backoff = std::time::Duration::from_secs(60);
+        let refused = |id: &str| {
+            store.publish_refused(id.to_owned(), "PRECONDITION_FAILED".into(), 2, backoff)
+        };
+        assert!(!refused(&a.view.id).await.unwrap());
+        // `a` waits out its backoff; `b`, behind it, is next.
+        let outbox = store.outbox(10).await.unwrap();
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(outbox[0].id, b.view.id);
+        // The second refusal fails it, with the broker's reason.
+        assert!(refused(&a.view.id).await.unwrap());
+        let view = store.job(a.view.id.clone()).await.unwrap().unwrap().view;
+        assert_eq!(view.state, JobState::Failed);
+        assert!(
+            view.error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("PRECONDITION_FAILED"),
+            "{:?}",
+            view.error
+        );
+        // A job no longer waiting to be published is not touched.
+        assert!(!refused(&a.view.id).await.unwrap());
+        store.mark_published(b.view.id.clone()).await.unwrap();
+        assert!(!refused(&b.view.id).await.unwrap());
+        assert!(store.outbox(10).await.unwrap().is_empty());
     }
 
     #[tokio::test]

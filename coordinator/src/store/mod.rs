@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_worker_presence.sql"),
     include_str!("../../migrations/0003_leases.sql"),
+    include_str!("../../migrations/0004_publish_refusals.sql"),
 ];
 
 /// Why a store call failed.

@@ -255,3 +255,84 @@ async fn coordinator_crash_between_store_and_publish_publishes_once_after_restar
         .await?;
     stack.finish().await
 }
+
+/// A job the broker refuses (its pool's queue exists with other arguments) holds back only
+/// itself: the job submitted after it runs meanwhile, and it fails after
+/// `coordinator.publish_attempts` refusals with the broker's reason. A pool whose queue would
+/// be one of refit's own is refused at submit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_the_broker_refuses_holds_up_no_other_and_fails_with_the_reason() -> Result<()> {
+    use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::types::FieldTable;
+
+    let mut stack = Stack::new("refuse").await?;
+    // `<prefix>.jobs.odd` exists as a classic queue: declaring refit's quorum queue fails.
+    let odd = stack.cluster.broker.topology().job_queue_for("odd");
+    let channel = stack.cluster.broker.channel().await?;
+    channel
+        .queue_declare(
+            odd.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let attempts = 3;
+    stack
+        .start_coordinator(&[(
+            "REFIT__COORDINATOR__PUBLISH_ATTEMPTS",
+            &attempts.to_string(),
+        )])
+        .await?;
+    stack.start_worker(&[])?;
+    let data = stack.upload_examples(&examples(2)?).await?;
+
+    let request = json!({
+        "model": stack.model, "dataset": data, "mode": "scratch", "epochs": 1,
+        "pool": "dead.coordinator",
+    });
+    let answer = stack
+        .expect(
+            Method::POST,
+            "/v1/jobs",
+            Some(request),
+            StatusCode::BAD_REQUEST,
+        )
+        .await?;
+    ensure!(
+        answer.to_string().contains("pool"),
+        "the refusal does not say why: {answer}"
+    );
+
+    let refused = stack
+        .submit_scratch(&data, 1, json!({"pool": "odd"}))
+        .await?;
+    let next = stack.submit_scratch(&data, 1, json!({})).await?;
+    stack.wait_succeeded(&next).await?;
+    let job = stack
+        .wait_job(&refused, "the refused job to fail", |job| {
+            job["state"] == "failed"
+        })
+        .await?;
+    let error = job["error"].as_str().unwrap_or_default();
+    ensure!(
+        error.contains(&format!("refused the job {attempts} times"))
+            && error.contains("PRECONDITION_FAILED"),
+        "{error}"
+    );
+    let log = stack.coordinator()?.log_text();
+    ensure!(
+        log.matches("the broker refused the job; retrying it later")
+            .count()
+            == attempts - 1,
+        "expected {} retries in the log",
+        attempts - 1
+    );
+    let channel = stack.cluster.broker.channel().await?;
+    channel
+        .queue_delete(odd.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    stack.finish().await
+}

@@ -113,13 +113,7 @@ impl QueueConfig {
     /// Checks what serde cannot: names, ranges and the URL's shape.
     pub fn validate(&self) -> Result<(), QueueError> {
         validate_name("prefix", &self.prefix)?;
-        validate_name("pool", &self.pool)?;
-        if self.pool == "dead" {
-            return Err(invalid(
-                "pool",
-                "`dead` is taken by the dead-letter queue `<prefix>.jobs.dead`",
-            ));
-        }
+        check_pool(&self.pool).map_err(|reason| invalid("pool", reason))?;
         if self.prefetch == 0 {
             return Err(invalid(
                 "prefetch",
@@ -259,6 +253,31 @@ fn validate_name(field: &'static str, value: &str) -> Result<(), QueueError> {
     Ok(())
 }
 
+/// Whether `pool` may name a worker pool (its job queue is `<prefix>.jobs.<pool>`): 1 to 64
+/// letters, digits, `-` and `_`. No dots, so that no pool's queue is one of the coordinator's
+/// (`<prefix>.jobs.dead`, `<prefix>.jobs.dead.coordinator`) and the worker user's read
+/// permission (`deploy/rabbitmq.sh users`) covers exactly the job queues; not `dead`.
+/// The reason when not.
+pub fn check_pool(pool: &str) -> Result<(), String> {
+    let ok = !pool.is_empty()
+        && pool.len() <= 64
+        && pool
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+    if !ok {
+        return Err(format!(
+            "pool {:?}: use 1 to 64 letters, digits, '-' and '_'",
+            pool.chars().take(70).collect::<String>()
+        ));
+    }
+    if pool == "dead" {
+        return Err(
+            "pool \"dead\": taken by the dead-letter queue `<prefix>.jobs.dead`".to_owned(),
+        );
+    }
+    Ok(())
+}
+
 fn invalid(field: &'static str, reason: impl Into<String>) -> QueueError {
     QueueError::InvalidConfig {
         field,
@@ -327,9 +346,10 @@ mod tests {
     #[test]
     fn rejects_bad_values_with_the_field_name() {
         type Mutation = fn(&mut QueueConfig);
-        let cases: [(&str, Mutation); 7] = [
+        let cases: [(&str, Mutation); 8] = [
             ("pool", |c| c.pool = "dead".into()),
             ("pool", |c| c.pool = "a b".into()),
+            ("pool", |c| c.pool = "dead.coordinator".into()),
             ("prefix", |c| c.prefix = String::new()),
             ("prefetch", |c| c.prefetch = 0),
             ("reconnect_min_ms", |c| {

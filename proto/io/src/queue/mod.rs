@@ -72,7 +72,7 @@ mod publisher;
 mod topology;
 
 pub use broker::{Broker, close_channel};
-pub use config::{DEFAULT_URL, QueueConfig, redact_url};
+pub use config::{DEFAULT_URL, QueueConfig, check_pool, redact_url};
 pub use consumer::{Consumer, Delivery};
 pub use error::QueueError;
 pub use publisher::Publisher;
