@@ -65,6 +65,26 @@ const COLUMNS: &str = "id, model, version, base_version, mode, requested_mode, p
      metrics, timings, error, submitted_at, started_at, finished_at, last_heartbeat_at, \
      last_checkpoint_at, cancel_requested, failures, handbacks";
 
+/// The next free version number of `model`: above every job's here and above `stored_latest`
+/// (the object store's highest manifest or reservation).
+fn next_version(
+    tx: &rusqlite::Transaction<'_>,
+    model: &str,
+    stored_latest: Option<Version>,
+) -> Result<Version, StoreError> {
+    let max_job: Option<i64> = tx.query_row(
+        "SELECT MAX(version) FROM jobs WHERE model = ?1",
+        params![model],
+        |r| r.get(0),
+    )?;
+    let floor = i64::from(stored_latest.map_or(0, Version::get));
+    let next = max_job.unwrap_or(0).max(floor) + 1;
+    u32::try_from(next)
+        .ok()
+        .and_then(|n| Version::new(n).ok())
+        .ok_or_else(|| corrupt("version", next))
+}
+
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
@@ -160,17 +180,7 @@ impl Store {
         self.call(move |conn| {
             let tx = conn.transaction()?;
             let model = job.spec.model.as_str().to_owned();
-            let max_job: Option<i64> = tx.query_row(
-                "SELECT MAX(version) FROM jobs WHERE model = ?1",
-                params![model],
-                |r| r.get(0),
-            )?;
-            let floor = i64::from(stored_latest.map_or(0, Version::get));
-            let next = max_job.unwrap_or(0).max(floor) + 1;
-            let version = u32::try_from(next)
-                .ok()
-                .and_then(|n| Version::new(n).ok())
-                .ok_or_else(|| corrupt("version", next))?;
+            let version = next_version(&tx, &model, stored_latest)?;
             let mut spec = job.spec;
             spec.output_version = version;
             let decision = job
@@ -330,20 +340,10 @@ impl Store {
                 return Ok(None);
             };
             let mut spec: JobSpec = decode(&bytes).map_err(|e| corrupt("spec", e))?;
-            let max_job: Option<i64> = tx.query_row(
-                "SELECT MAX(version) FROM jobs WHERE model = ?1",
-                params![spec.model.as_str()],
-                |r| r.get(0),
-            )?;
-            let floor = i64::from(stored_latest.map_or(0, Version::get));
-            let next = max_job.unwrap_or(0).max(floor) + 1;
-            spec.output_version = u32::try_from(next)
-                .ok()
-                .and_then(|n| Version::new(n).ok())
-                .ok_or_else(|| corrupt("version", next))?;
+            spec.output_version = next_version(&tx, spec.model.as_str(), stored_latest)?;
             tx.execute(
                 "UPDATE jobs SET version = ?2, spec = ?3 WHERE id = ?1",
-                params![id, next, encode(&spec)],
+                params![id, i64::from(spec.output_version.get()), encode(&spec)],
             )?;
             tx.commit()?;
             Ok(Some(spec))
