@@ -51,6 +51,11 @@ pub struct Consumer {
     /// For an inbox: tells the current queue name (it changes with every connection).
     inbox_name: Option<watch::Sender<String>>,
     active: Option<Active>,
+    /// The channel a subscription is being set up on. A caller may drop [`Consumer::next`]
+    /// half-way (it races other work in a `select!`); this clone keeps that channel from closing
+    /// in the background, where its close could cross the connection's own at shutdown, until
+    /// the next subscription or [`Consumer::close`] closes it.
+    opening: Option<Channel>,
     cancelled: bool,
     /// Paused ([`Consumer::pause`]): the next `next` subscribes again, quietly.
     paused: bool,
@@ -114,6 +119,7 @@ impl Consumer {
             queue,
             inbox_name: None,
             active: None,
+            opening: None,
             cancelled: false,
             paused: false,
         }
@@ -197,6 +203,9 @@ impl Consumer {
         if let Some(active) = self.active.take() {
             close_channel(&active.channel, &self.queue).await;
         }
+        if let Some(opening) = self.opening.take() {
+            close_channel(&opening, &self.queue).await;
+        }
     }
 
     /// Stops deliveries until the next call of [`Consumer::next`], which subscribes again:
@@ -253,8 +262,15 @@ impl Consumer {
     /// Opens a channel and subscribes on it; on failure the channel is closed here, not left to
     /// close in the background (see [`close_channel`]).
     async fn subscribe(&mut self) -> Result<Active, QueueError> {
+        if let Some(abandoned) = self.opening.take() {
+            close_channel(&abandoned, &self.queue).await;
+        }
         let mut channel = self.broker.channel().await?;
-        match self.subscribe_on(&mut channel).await {
+        self.opening = Some(channel.clone());
+        let result = self.subscribe_on(&mut channel).await;
+        // Not dropped half-way: what happens to the channel is decided here.
+        self.opening = None;
+        match result {
             Ok(stream) => Ok(Active { channel, stream }),
             Err(error) => {
                 close_channel(&channel, &self.queue).await;
@@ -271,6 +287,7 @@ impl Consumer {
                 Err(error) if error.is_access_refused() => {
                     debug!(%error, "may not declare the topology; checking it exists");
                     *channel = self.broker.channel().await?;
+                    self.opening = Some(channel.clone());
                     self.topology.check_declared(channel).await?;
                 }
                 Err(error) => return Err(error),
