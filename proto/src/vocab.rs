@@ -45,6 +45,22 @@ pub const WORD_PREFIX: &str = "w:";
 /// Key prefix of character n-gram features.
 pub const CHAR_PREFIX: &str = "c:";
 
+/// The most features a vocabulary may hold unless its caller says otherwise (a worker's
+/// `worker.max_vocab_features`): the embedding and its two optimiser moments grow with it.
+pub const DEFAULT_MAX_FEATURES: usize = 1_000_000;
+
+/// [`Vocabulary::fit_at_most`] stopped: the data holds more distinct features than allowed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the vocabulary would grow past {max} features (distinct words and character n-grams): \
+     the data holds too many distinct words; clean it, or raise the cap \
+     (worker.max_vocab_features)"
+)]
+pub struct VocabularyFull {
+    /// The cap.
+    pub max: usize,
+}
+
 /// The feature of a word the vocabulary lacks (`<` is never part of a token, so no word has
 /// this key).
 pub const OOV_WORD: &str = "w:<oov>";
@@ -226,18 +242,46 @@ impl Vocabulary {
     ///
     /// If the vocabulary would outgrow `u32` ids.
     pub fn fit<'a>(&mut self, texts: impl IntoIterator<Item = &'a str>) -> usize {
+        self.fit_at_most(texts, u32::MAX as usize - 1)
+            .expect("fewer than 2^32 features")
+    }
+
+    /// [`Vocabulary::fit`], stopping with an error as soon as the vocabulary would hold more
+    /// than `max` features (the unseen-word feature included); what was added until then stays,
+    /// so a caller that gets the error drops the vocabulary.
+    pub fn fit_at_most<'a>(
+        &mut self,
+        texts: impl IntoIterator<Item = &'a str>,
+        max: usize,
+    ) -> Result<usize, VocabularyFull> {
         let before = self.keys.len();
         let mut key = String::new();
         let spec = self.spec.clone();
+        // One place kept for the unseen-word feature.
+        let room = max.saturating_sub(usize::from(
+            spec.word_tokens && !self.index.contains_key(OOV_WORD),
+        ));
+        let mut full = false;
         for text in texts {
             for token in tokenize(text, spec.lowercase) {
-                for_each_feature(&spec, &token.text, &mut key, |k| self.insert(k));
+                for_each_feature(&spec, &token.text, &mut key, |k| {
+                    if !full && !self.index.contains_key(k) {
+                        if self.keys.len() >= room {
+                            full = true;
+                        } else {
+                            self.insert(k);
+                        }
+                    }
+                });
+                if full {
+                    return Err(VocabularyFull { max });
+                }
             }
         }
         if spec.word_tokens {
             self.insert(OOV_WORD);
         }
-        self.keys.len() - before
+        Ok(self.keys.len() - before)
     }
 
     fn insert(&mut self, key: &str) {
@@ -332,6 +376,28 @@ mod tests {
 
     fn texts(data: &TrainingData) -> impl Iterator<Item = &str> {
         data.examples.iter().map(|e| e.text.as_str())
+    }
+
+    #[test]
+    fn a_capped_fit_stops_at_the_cap_and_says_so() {
+        let set1 = data("set1.yml");
+        let mut full = Vocabulary::new(FeaturizerSpec::default());
+        let n = full.fit(texts(&set1));
+        let mut exact = Vocabulary::new(FeaturizerSpec::default());
+        assert_eq!(
+            exact.fit_at_most(texts(&set1), n),
+            Ok(n),
+            "the cap is inclusive"
+        );
+        assert_eq!(exact.to_json(), full.to_json());
+        let mut capped = Vocabulary::new(FeaturizerSpec::default());
+        let err = capped.fit_at_most(texts(&set1), n - 1).unwrap_err();
+        assert_eq!(err, VocabularyFull { max: n - 1 });
+        assert!(
+            err.to_string().contains("worker.max_vocab_features"),
+            "{err}"
+        );
+        assert!(capped.keys.len() < n);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Example, TrainingData, char_slice};
+use super::{CharIndex, Example, TrainingData};
 use crate::tokens::word_tokens;
 
 /// The most conflicts of each kind a report lists (the report travels with every job, so a
@@ -136,8 +136,10 @@ struct Token {
 /// An example's words in order, each with the entity it is inside.
 fn labelled_words(example: &Example, words: &mut Words) -> Vec<Token> {
     let mut tokens = Vec::new();
+    let chars = CharIndex::new(&example.text);
+    let length = chars.chars();
     let mut push = |start: usize, end: usize, entity: Option<usize>| {
-        if let Some(text) = char_slice(&example.text, start, end) {
+        if let Some(text) = chars.slice(start, end) {
             for word in word_tokens(text) {
                 tokens.push(Token {
                     word: words.id(word),
@@ -154,7 +156,7 @@ fn labelled_words(example: &Example, words: &mut Words) -> Vec<Token> {
         push(start, entity.end.max(start), Some(i));
         at = at.max(entity.end);
     }
-    push(at, example.text.chars().count(), None);
+    push(at, length, None);
     tokens
 }
 
@@ -211,9 +213,9 @@ fn entity_conflicts(
         by_first.entry(span[0]).or_default().push(k);
     }
     let mut bare: Vec<Use> = vec![Use::default(); spans.len()];
-    let mut seen_here: Vec<usize> = Vec::new();
+    // The example each span was last found in, so each counts once per example.
+    let mut found_in: Vec<Option<usize>> = vec![None; spans.len()];
     for (n, tokens) in tokens.iter().enumerate() {
-        seen_here.clear();
         for start in 0..tokens.len() {
             let Some(candidates) = by_first.get(&tokens[start].word) else {
                 continue;
@@ -227,8 +229,8 @@ fn entity_conflicts(
                     .iter()
                     .zip(span)
                     .all(|(t, &w)| t.entity.is_none() && t.word == w);
-                if matches && !seen_here.contains(&k) {
-                    seen_here.push(k);
+                if matches && found_in[k] != Some(n) {
+                    found_in[k] = Some(n);
                     bare[k].add(n);
                 }
             }

@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    DataError, DataErrorKind, Entity, Example, LocatedExample, Parsed, TrainingData, char_slice,
+    CharIndex, DataError, DataErrorKind, Entity, Example, LocatedExample, Parsed, TrainingData,
 };
 
 #[derive(Deserialize)]
@@ -110,16 +110,21 @@ fn to_example(record: Record) -> Result<Example, DataErrorKind> {
         return Err(DataErrorKind::EmptyText);
     }
     let mut entities = Vec::new();
-    for entity in record.entities.unwrap_or_default() {
+    let annotated = record.entities.unwrap_or_default();
+    // Indexed once: a line may hold many entities.
+    let chars = (!annotated.is_empty()).then(|| CharIndex::new(&record.text));
+    for entity in annotated {
         if entity.entity.trim().is_empty() {
             return Err(DataErrorKind::EmptyEntityType);
         }
-        let slice = char_slice(&record.text, entity.start, entity.end)
+        let chars = chars.as_ref().expect("indexed when there are entities");
+        let slice = chars
+            .slice(entity.start, entity.end)
             .filter(|_| entity.start < entity.end)
             .ok_or_else(|| DataErrorKind::EntitySpan {
                 start: entity.start,
                 end: entity.end,
-                chars: record.text.chars().count(),
+                chars: chars.chars(),
             })?;
         entities.push(Entity {
             start: entity.start,

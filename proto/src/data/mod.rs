@@ -20,7 +20,7 @@ mod conflicts;
 mod jsonl;
 mod rasa_yaml;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -70,7 +70,43 @@ impl Entity {
     }
 }
 
-/// `text[start..end]` with character offsets.
+/// A text's character boundaries, for slicing it by character offsets many times (an example
+/// with many entities) in constant time each, where [`char_slice`] walks the text every time.
+pub struct CharIndex<'a> {
+    text: &'a str,
+    /// The byte offset of every character, and the text's length last.
+    bounds: Vec<usize>,
+}
+
+impl<'a> CharIndex<'a> {
+    /// Indexes `text` (one pass).
+    pub fn new(text: &'a str) -> Self {
+        let bounds = text
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain(std::iter::once(text.len()))
+            .collect();
+        Self { text, bounds }
+    }
+
+    /// The text's length in characters.
+    pub fn chars(&self) -> usize {
+        self.bounds.len() - 1
+    }
+
+    /// `text[start..end]` with character offsets; `None` if they do not fit.
+    pub fn slice(&self, start: usize, end: usize) -> Option<&'a str> {
+        if start > end {
+            return None;
+        }
+        let from = *self.bounds.get(start)?;
+        let to = *self.bounds.get(end)?;
+        Some(&self.text[from..to])
+    }
+}
+
+/// `text[start..end]` with character offsets (walks the text: for many slices of one text use a
+/// [`CharIndex`]).
 pub fn char_slice(text: &str, start: usize, end: usize) -> Option<&str> {
     if start > end {
         return None;
@@ -89,7 +125,7 @@ pub fn char_slice(text: &str, start: usize, end: usize) -> Option<&str> {
 }
 
 /// A `synonym:`, `regex:` or `lookup:` item, kept as it was written.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AuxItem {
     /// Its name: the synonym's value, the regex's or lookup table's name.
     pub name: String,
@@ -198,10 +234,14 @@ impl TrainingData {
 }
 
 /// Appends the items not already present (the same synonym repeated in every split file of a
-/// dataset is kept once).
+/// dataset is kept once), in linear time.
 fn extend_unique(items: &mut Vec<AuxItem>, more: Vec<AuxItem>) {
+    if more.is_empty() {
+        return;
+    }
+    let mut present: HashSet<AuxItem> = items.iter().cloned().collect();
     for item in more {
-        if !items.contains(&item) {
+        if present.insert(item.clone()) {
             items.push(item);
         }
     }
@@ -472,6 +512,7 @@ impl Collector {
     fn add(&mut self, origin: &str, parsed: Parsed) {
         let origin_index = self.origins.len();
         self.origins.push(origin.to_owned());
+        let mut duplicates = 0;
         for LocatedExample { example, line } in parsed.examples {
             let key = (
                 example.intent.clone(),
@@ -479,24 +520,37 @@ impl Collector {
                 example.entities.clone(),
             );
             if let Some(&(first_origin, first_line)) = self.seen.get(&key) {
-                tracing::warn!(
-                    file = origin,
-                    line,
-                    intent = %example.intent,
-                    first = %format_args!("{}:{first_line}", self.origins[first_origin]),
-                    "dropping duplicate example"
-                );
+                if duplicates < DUPLICATES_NAMED {
+                    tracing::warn!(
+                        file = origin,
+                        line,
+                        intent = %example.intent,
+                        first = %format_args!("{}:{first_line}", self.origins[first_origin]),
+                        "dropping duplicate example"
+                    );
+                }
+                duplicates += 1;
                 self.data.duplicates_dropped += 1;
             } else {
                 self.seen.insert(key, (origin_index, line));
                 self.data.examples.push(example);
             }
         }
+        if duplicates > DUPLICATES_NAMED {
+            tracing::warn!(
+                file = origin,
+                more = duplicates - DUPLICATES_NAMED,
+                "dropped more duplicate examples"
+            );
+        }
         extend_unique(&mut self.data.synonyms, parsed.synonyms);
         extend_unique(&mut self.data.regexes, parsed.regexes);
         extend_unique(&mut self.data.lookups, parsed.lookups);
     }
 }
+
+/// Duplicate examples of one file named in a warning each; the rest are counted in one.
+const DUPLICATES_NAMED: usize = 5;
 
 /// Parses a dataset held in memory. `origin` names it in errors and logs (usually the file
 /// name). Exact duplicates within an intent are dropped and counted.

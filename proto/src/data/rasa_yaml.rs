@@ -229,13 +229,11 @@ fn parse_item(item: &Node, origin: &str, parsed: &mut Parsed) -> Result<(), Data
         );
         return Ok(());
     };
-    let mut seen = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for (key, _) in entries {
-        let key_name = scalar(key, origin)?;
-        if seen.contains(&key_name) {
+        if !seen.insert(scalar(key, origin)?) {
             return Err(duplicate_key(key, origin));
         }
-        seen.push(key_name);
     }
     let name = if name_node.is_null() {
         ""

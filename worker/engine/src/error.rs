@@ -91,9 +91,12 @@ pub enum EngineErrorKind {
     Setup,
     /// The model or the values given to it are wrong. Retrying the same job will fail again.
     Invalid,
-    /// ONNX Runtime failed while creating or running a session (out of memory, an op's kernel
-    /// failing, a graph ONNX Runtime rejects).
+    /// ONNX Runtime failed while creating or running a session (an op's kernel failing, a graph
+    /// ONNX Runtime rejects).
     Runtime,
+    /// ONNX Runtime ran out of memory (host or device) or another resource. Another worker, or
+    /// this one later, may succeed with the same job.
+    Resource,
 }
 
 impl EngineError {
@@ -111,6 +114,9 @@ impl EngineError {
             | Self::Corrupt { .. }
             | Self::Graph(_)
             | Self::Diverged(_) => EngineErrorKind::Invalid,
+            Self::Ort { source, .. } if is_exhaustion(source.message()) => {
+                EngineErrorKind::Resource
+            }
             Self::Ort { .. } | Self::Cancelled => EngineErrorKind::Runtime,
         }
     }
@@ -120,6 +126,51 @@ impl EngineError {
         move |source| Self::Ort {
             context,
             source: source.into(),
+        }
+    }
+}
+
+/// Whether an ONNX Runtime message reports memory (host or CUDA) or another resource running
+/// out: its allocators' and CUDA's wordings.
+fn is_exhaustion(message: &str) -> bool {
+    const SIGNS: [&str; 8] = [
+        "failed to allocate",
+        "bad_alloc",
+        "bad allocation",
+        "out of memory",
+        "alloc_failed",
+        "memoryallocation",
+        "cannot allocate memory",
+        "resource exhausted",
+    ];
+    let message = message.to_ascii_lowercase();
+    SIGNS.iter().any(|sign| message.contains(sign))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ort(message: &str) -> EngineError {
+        EngineError::ort("failed to run the training step")(ort::Error::new(message))
+    }
+
+    #[test]
+    fn running_out_of_memory_is_a_resource_error_other_failures_are_not() {
+        for message in [
+            "Failed to allocate memory for requested buffer of size 1073741824",
+            "std::bad_alloc",
+            "CUDA failure 2: out of memory ; GPU=0",
+            "CUDNN failure 4: CUDNN_STATUS_ALLOC_FAILED",
+            "cudaErrorMemoryAllocation",
+        ] {
+            assert_eq!(ort(message).kind(), EngineErrorKind::Resource, "{message}");
+        }
+        for message in [
+            "Non-zero status code returned while running ScatterND node",
+            "Invalid input name: x",
+        ] {
+            assert_eq!(ort(message).kind(), EngineErrorKind::Runtime, "{message}");
         }
     }
 }

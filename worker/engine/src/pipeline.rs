@@ -47,10 +47,20 @@ pub enum Start {
 
 /// A model ready to train on `data`, from `start`.
 pub fn start(start: Start, data: &TrainingData) -> Result<NluModel, EngineError> {
+    start_capped(start, data, refit_proto::vocab::DEFAULT_MAX_FEATURES)
+}
+
+/// [`start`] with a vocabulary of at most `max_features` features; a dataset with more
+/// distinct words and n-grams is [`EngineError::Data`], caught before any tensor is sized.
+pub fn start_capped(
+    start: Start,
+    data: &TrainingData,
+    max_features: usize,
+) -> Result<NluModel, EngineError> {
     match start {
-        Start::Scratch { arch, seed } => NluModel::new(arch, data, seed),
+        Start::Scratch { arch, seed } => NluModel::new_capped(arch, data, seed, max_features),
         Start::Finetune(mut model) => {
-            model.extend_for(data)?;
+            model.extend_for_capped(data, max_features)?;
             model.begin_run();
             Ok(*model)
         }

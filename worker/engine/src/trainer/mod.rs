@@ -24,7 +24,7 @@ use std::time::Instant;
 use refit_proto::ArchSpec;
 use refit_proto::data::TrainingData;
 use refit_proto::manifest::LabelSet;
-use refit_proto::vocab::Vocabulary;
+use refit_proto::vocab::{DEFAULT_MAX_FEATURES, Vocabulary};
 
 pub use observer::{Progress, Quiet, TrainObserver, TrainReport};
 pub use options::TrainOptions;
@@ -54,15 +54,29 @@ pub struct NluModel {
 }
 
 impl NluModel {
-    /// A fresh model for a dataset: the vocabulary and labels come from the data.
+    /// A fresh model for a dataset: the vocabulary and labels come from the data (at most
+    /// [`DEFAULT_MAX_FEATURES`] features).
     pub fn new(arch: ArchSpec, data: &TrainingData, seed: u64) -> Result<Self, EngineError> {
+        Self::new_capped(arch, data, seed, DEFAULT_MAX_FEATURES)
+    }
+
+    /// [`NluModel::new`] with a vocabulary of at most `max_features` features: more is
+    /// [`EngineError::Data`].
+    pub fn new_capped(
+        arch: ArchSpec,
+        data: &TrainingData,
+        seed: u64,
+        max_features: usize,
+    ) -> Result<Self, EngineError> {
         if data.is_empty() {
             return Err(EngineError::Data(
                 "the training data holds no examples".into(),
             ));
         }
         let mut vocab = Vocabulary::new(arch.featurizer.clone());
-        vocab.fit(data.examples.iter().map(|e| e.text.as_str()));
+        vocab
+            .fit_at_most(data.examples.iter().map(|e| e.text.as_str()), max_features)
+            .map_err(|e| EngineError::Data(e.to_string()))?;
         let labels = LabelSet::of(data);
         let meta = ModelMeta {
             embed: arch.embed_dim as i64,
@@ -129,6 +143,16 @@ impl NluModel {
     /// n-grams to the vocabulary and grows the embedding with freshly initialised rows (zero
     /// moments). Returns how many features were added.
     pub fn extend_for(&mut self, data: &TrainingData) -> Result<usize, EngineError> {
+        self.extend_for_capped(data, DEFAULT_MAX_FEATURES)
+    }
+
+    /// [`NluModel::extend_for`] with a vocabulary of at most `max_features` features (the
+    /// model's own included): more is [`EngineError::Data`] and leaves the model as it was.
+    pub fn extend_for_capped(
+        &mut self,
+        data: &TrainingData,
+        max_features: usize,
+    ) -> Result<usize, EngineError> {
         let have = self.labels();
         let want = LabelSet::of(data);
         if want.intents != have.intents || want.entities != have.entities {
@@ -142,7 +166,9 @@ impl NluModel {
             )));
         }
         let mut vocab = self.featurizer.vocab().clone();
-        let added = vocab.fit(data.examples.iter().map(|e| e.text.as_str()));
+        let added = vocab
+            .fit_at_most(data.examples.iter().map(|e| e.text.as_str()), max_features)
+            .map_err(|e| EngineError::Data(e.to_string()))?;
         let limits = self.featurizer.limits();
         self.featurizer = Featurizer::new(vocab, limits);
         let mut rng = Rng::from_state(self.checkpoint.state.rng);
