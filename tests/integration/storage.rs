@@ -313,6 +313,32 @@ async fn head_of_existing_and_missing_objects() -> Result<()> {
     clean_up(&store, &prefix).await
 }
 
+/// A bounded read of an object over its limit stops at its declared length: a permanent
+/// `TooLarge` naming the key and the limit; at or under the limit it reads the whole object.
+#[tokio::test]
+async fn bounded_reads_refuse_objects_over_their_limit() -> Result<()> {
+    let store = store().await?;
+    let prefix = test_prefix("bounded");
+    let key = format!("{prefix}object.bin");
+    let data = seeded_bytes(7, 100_000);
+    store.put(&key, Bytes::from(data.clone())).await?;
+    assert_eq!(store.get_at_most(&key, 100_000).await?, data);
+    let error = store.get_at_most(&key, 99_999).await.expect_err("over");
+    assert_kind(&error, StorageErrorKind::TooLarge);
+    assert!(!error.is_transient());
+    let message = error.to_string();
+    assert!(
+        message.contains(&key) && message.contains("99999") && message.contains("100000"),
+        "{message}"
+    );
+    let error = store
+        .get_verified_at_most(&key, &sha256_hex(&data), 10)
+        .await
+        .expect_err("over");
+    assert_kind(&error, StorageErrorKind::TooLarge);
+    clean_up(&store, &prefix).await
+}
+
 #[tokio::test]
 async fn missing_object_is_a_permanent_not_found() -> Result<()> {
     let store = store().await?;

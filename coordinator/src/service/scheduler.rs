@@ -133,14 +133,30 @@ async fn content_address(app: &App, key: &str) -> Result<(DatasetBody, String), 
             RunError::Permanent(anyhow::anyhow!("cannot read {key}: {e}"))
         }
     };
-    let bytes: Bytes = app.objects.get(key).await.map_err(transient)?;
+    // Never more than the limit in memory: a huge file is refused from its size, and read
+    // bounded in case it grows between the two requests.
     let max = app.config.coordinator.max_dataset_bytes;
-    if bytes.len() as u64 > max {
-        return Err(RunError::Permanent(anyhow::anyhow!(
-            "{key} is {} bytes; the limit is {max}",
-            bytes.len()
-        )));
+    let too_large = |size: u64| {
+        RunError::Permanent(anyhow::anyhow!(
+            "{key} is {size} bytes; the limit is {max} (coordinator.max_dataset_bytes)"
+        ))
+    };
+    match app.objects.head(key).await.map_err(transient)? {
+        Some(meta) if meta.size > max => return Err(too_large(meta.size)),
+        Some(_) => {}
+        None => {
+            return Err(RunError::Permanent(anyhow::anyhow!(
+                "cannot read {key}: it does not exist"
+            )));
+        }
     }
+    let bytes: Bytes = match app.objects.get_at_most(key, max).await {
+        Ok(bytes) => bytes,
+        Err(StorageError::TooLarge { size, .. }) => {
+            return Err(too_large(size.unwrap_or(max + 1)));
+        }
+        Err(e) => return Err(transient(e)),
+    };
     let sha = sha256_hex(&bytes);
     let ext = dataset_extension(key).map_err(|e| RunError::Permanent(anyhow::anyhow!(e)))?;
     let address = keys::dataset(&sha, ext).map_err(|e| RunError::Permanent(e.into()))?;

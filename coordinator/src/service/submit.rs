@@ -130,9 +130,10 @@ impl App {
                 dataset.key, meta.size
             )));
         }
+        // Bounded again while reading: the object may have been replaced since the HEAD.
         let bytes = self
             .objects
-            .get_verified(&dataset.key, &dataset.sha256)
+            .get_verified_at_most(&dataset.key, &dataset.sha256, max)
             .await?;
         let format = Format::from_path(std::path::Path::new(&dataset.key))
             .ok_or_else(|| invalid("unknown dataset format"))?;

@@ -328,3 +328,64 @@ async fn coordinator_refuses_missing_or_wrong_tokens_and_logs_no_secret() -> Res
     // Stops everything, then reads every log line of the coordinator and both workers.
     stack.finish().await
 }
+
+/// The peak resident memory of a process, from `/proc/<pid>/status` (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/<pid>/status")?;
+    Ok(kib * 1024)
+}
+
+/// A 1 GiB object where a version's manifest belongs (anyone with write access to the bucket
+/// could put one there): the coordinator answers with an error, logs one naming the key and the
+/// limit, and never reads it into memory (its peak resident memory stays far below the object).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1gib_object_at_a_manifest_key_is_refused_without_reading_it() -> Result<()> {
+    const SIZE: u64 = 1 << 30;
+    let mut stack = Stack::new("hugemanifest").await?;
+    stack.start_coordinator(&[]).await?;
+    let model = refit_proto::ModelName::new(stack.model.clone())?;
+    let key = keys::manifest(&model, refit_proto::Version::first());
+    // A sparse file: 1 GiB of zeros without writing them.
+    let file = stack.cluster.dir.path().join("huge.json");
+    std::fs::File::create(&file)?.set_len(SIZE)?;
+    stack.cluster.store.put_file(&key, &file).await?;
+    stack.extra_keys.push(key.clone());
+    std::fs::remove_file(&file)?;
+
+    let (status, body) = stack
+        .call(
+            Method::GET,
+            &format!("/v1/models/{}/versions", stack.model),
+            None,
+        )
+        .await?;
+    ensure!(
+        status == StatusCode::INTERNAL_SERVER_ERROR,
+        "a manifest of 1 GiB: {status} {body}"
+    );
+    let log = stack.coordinator()?.log_text();
+    let limit = refit_io::registry::MAX_METADATA_BYTES.to_string();
+    ensure!(
+        log.contains(&key) && log.contains(&limit),
+        "the coordinator's log does not name the key and the limit ({limit}):\n{log}"
+    );
+    let pid = stack
+        .coordinator()?
+        .pid()
+        .context("the coordinator has no pid")?;
+    let peak = peak_rss(pid)?;
+    ensure!(
+        peak < SIZE / 4,
+        "the coordinator's peak resident memory is {peak} bytes"
+    );
+    eprintln!(
+        "a 1 GiB manifest: refused; the coordinator's peak RSS {} MiB",
+        peak >> 20
+    );
+    stack.finish().await
+}

@@ -16,7 +16,11 @@ impl Registry {
         model: &ModelName,
         alias: &Alias,
     ) -> Result<Option<Version>, RegistryError> {
-        match self.store.get(&keys::alias(model, alias)).await {
+        match self
+            .store
+            .get_at_most(&keys::alias(model, alias), super::MAX_METADATA_BYTES)
+            .await
+        {
             Ok(bytes) => {
                 let text = String::from_utf8_lossy(&bytes);
                 text.trim()

@@ -114,7 +114,7 @@ impl Registry {
             .map_err(|e| refuse(e.to_string()))?;
         let bytes = self
             .store
-            .get_verified(&draft_key, draft_sha256)
+            .get_verified_at_most(&draft_key, draft_sha256, super::MAX_METADATA_BYTES)
             .await
             .map_err(|e| match e {
                 e if e.is_transient() => RegistryError::Storage(e),

@@ -40,6 +40,11 @@ use refit_proto::{Alias, Manifest, ModelName, Version, keys};
 
 use crate::storage::{ObjectStore, StorageError};
 
+/// The most bytes read of a manifest, an alias, a reservation or a draft manifest: objects
+/// anyone with write access to the bucket could replace, all a few kilobytes when refit wrote
+/// them.
+pub const MAX_METADATA_BYTES: u64 = 16 << 20;
+
 /// Why the registry cannot answer.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -173,12 +178,20 @@ impl Registry {
         model: &ModelName,
         version: Version,
     ) -> Result<Manifest, RegistryError> {
-        let bytes = match self.store.get(&keys::manifest(model, version)).await {
+        let key = keys::manifest(model, version);
+        let bytes = match self.store.get_at_most(&key, MAX_METADATA_BYTES).await {
             Ok(bytes) => bytes,
             Err(e) if e.is_not_found() => {
                 return Err(RegistryError::NotFound {
                     model: model.clone(),
                     version,
+                });
+            }
+            Err(e @ StorageError::TooLarge { .. }) => {
+                return Err(RegistryError::Corrupt {
+                    model: model.clone(),
+                    version,
+                    reason: e.to_string(),
                 });
             }
             Err(e) => return Err(e.into()),
@@ -204,11 +217,14 @@ impl Registry {
         let path = entry.path.as_deref().unwrap_or(name);
         let key = keys::version_path(&manifest.model, manifest.version, path)
             .ok_or_else(|| corrupt(format!("{name}: invalid path {path:?}")))?;
+        // No more than the manifest says the file holds.
         self.store
-            .get_verified(&key, &entry.sha256)
+            .get_verified_at_most(&key, &entry.sha256, entry.size)
             .await
             .map_err(|e| match e {
-                StorageError::ChecksumMismatch { .. } => corrupt(format!("{name}: {e}")),
+                StorageError::ChecksumMismatch { .. } | StorageError::TooLarge { .. } => {
+                    corrupt(format!("{name}: {e}"))
+                }
                 other => other.into(),
             })
     }

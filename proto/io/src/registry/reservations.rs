@@ -57,7 +57,14 @@ impl Registry {
         model: &ModelName,
         version: Version,
     ) -> Result<Option<Reservation>, RegistryError> {
-        let bytes = match self.store.get(&keys::reservation(model, version)).await {
+        let bytes = match self
+            .store
+            .get_at_most(
+                &keys::reservation(model, version),
+                super::MAX_METADATA_BYTES,
+            )
+            .await
+        {
             Ok(bytes) => bytes,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e.into()),

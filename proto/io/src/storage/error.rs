@@ -23,6 +23,8 @@ pub enum StorageErrorKind {
     PermissionDenied,
     /// The server could not be reached, timed out, failed (5xx) or throttled: retry with backoff.
     Transient,
+    /// The object is larger than the caller reads (permanent).
+    TooLarge,
     /// Anything else: a rejected request, a broken config, a local file that cannot be read
     /// (permanent).
     Other,
@@ -66,6 +68,19 @@ pub enum StorageError {
         detail: String,
         #[source]
         source: Option<BoxError>,
+    },
+
+    /// The object is larger than the caller reads of it (an object the process does not
+    /// control, e.g. a manifest or a dataset someone replaced); nothing beyond the limit was
+    /// read.
+    #[error(
+        "object {key:?} is larger than {limit} bytes, the most read of it{}",
+        size.map(|s| format!(" ({s} bytes)")).unwrap_or_default()
+    )]
+    TooLarge {
+        key: String,
+        limit: u64,
+        size: Option<u64>,
     },
 
     /// Worth retrying: the server could not be reached, timed out, failed or throttled.
@@ -113,6 +128,7 @@ impl StorageError {
             StorageError::InvalidKey { .. } => StorageErrorKind::InvalidKey,
             StorageError::PermissionDenied { .. } => StorageErrorKind::PermissionDenied,
             StorageError::Transient { .. } => StorageErrorKind::Transient,
+            StorageError::TooLarge { .. } => StorageErrorKind::TooLarge,
             StorageError::Rejected { .. } | StorageError::InvalidConfig { .. } => {
                 StorageErrorKind::Other
             }

@@ -179,13 +179,28 @@ impl ObjectStore for LocalStore {
         self.publish(staged, &dest, true).await
     }
 
-    async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+    async fn get_at_most(&self, key: &str, limit: u64) -> Result<Bytes, StorageError> {
         let path = self.path_for(key)?;
-        let mut file = self.open_object(key, &path).await?;
+        let file = self.open_object(key, &path).await?;
+        let too_large = |size| StorageError::TooLarge {
+            key: key.to_owned(),
+            limit,
+            size,
+        };
+        if let Ok(meta) = file.metadata().await
+            && meta.len() > limit
+        {
+            return Err(too_large(Some(meta.len())));
+        }
+        // The file may grow meanwhile: read one byte past the limit at most.
         let mut data = Vec::new();
-        file.read_to_end(&mut data)
+        file.take(limit.saturating_add(1))
+            .read_to_end(&mut data)
             .await
             .map_err(|e| StorageError::io("read object", &path, e))?;
+        if data.len() as u64 > limit {
+            return Err(too_large(None));
+        }
         Ok(Bytes::from(data))
     }
 

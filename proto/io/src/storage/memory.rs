@@ -122,9 +122,17 @@ impl ObjectStore for MemoryStore {
         Ok(self.insert(key, data, true).is_some())
     }
 
-    async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+    async fn get_at_most(&self, key: &str, limit: u64) -> Result<Bytes, StorageError> {
         validate_key(key)?;
-        self.read(key)
+        let data = self.read(key)?;
+        if data.len() as u64 > limit {
+            return Err(StorageError::TooLarge {
+                key: key.to_owned(),
+                limit,
+                size: Some(data.len() as u64),
+            });
+        }
+        Ok(data)
     }
 
     async fn get_to_file(

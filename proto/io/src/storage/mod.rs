@@ -112,13 +112,34 @@ pub trait ObjectStore: std::fmt::Debug + Send + Sync {
     /// `true`). Never build correctness on it (DESIGN §6).
     async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool, StorageError>;
 
-    /// Reads the whole object into memory. Use [`ObjectStore::get_to_file`] for large objects.
-    async fn get(&self, key: &str) -> Result<Bytes, StorageError>;
+    /// Reads the whole object into memory, if it holds at most `limit` bytes: a larger one is a
+    /// permanent [`StorageErrorKind::TooLarge`] naming the key and the limit, found from its
+    /// declared length or while reading, so that no more than `limit` bytes (and a chunk) are
+    /// ever held. Every read of an object the process does not control is bounded this way.
+    async fn get_at_most(&self, key: &str, limit: u64) -> Result<Bytes, StorageError>;
+
+    /// Reads the whole object into memory, however large. Use [`ObjectStore::get_at_most`] for
+    /// objects others may write, [`ObjectStore::get_to_file`] for large ones.
+    async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+        self.get_at_most(key, u64::MAX).await
+    }
 
     /// Reads the whole object and checks its sha256 (hex, either case); a mismatch is a permanent
     /// [`StorageErrorKind::ChecksumMismatch`].
     async fn get_verified(&self, key: &str, expected_sha256: &str) -> Result<Bytes, StorageError> {
-        let data = self.get(key).await?;
+        self.get_verified_at_most(key, expected_sha256, u64::MAX)
+            .await
+    }
+
+    /// [`ObjectStore::get_verified`] of an object of at most `limit` bytes (see
+    /// [`ObjectStore::get_at_most`]).
+    async fn get_verified_at_most(
+        &self,
+        key: &str,
+        expected_sha256: &str,
+        limit: u64,
+    ) -> Result<Bytes, StorageError> {
+        let data = self.get_at_most(key, limit).await?;
         verify_sha256(key, expected_sha256, &sha256_hex(&data))?;
         Ok(data)
     }

@@ -14,6 +14,34 @@ pub(crate) async fn run_all(store: &dyn ObjectStore, scratch: &Path) {
     file_round_trip(store, scratch).await;
     checksum_mismatch_leaves_no_file(store, scratch).await;
     put_if_absent_creates_once(store).await;
+    bounded_reads_stop_at_the_limit(store).await;
+}
+
+async fn bounded_reads_stop_at_the_limit(store: &dyn ObjectStore) {
+    let key = "suite/bounded/object.bin";
+    let data = Bytes::from(vec![7u8; 10_000]);
+    store.put(key, data.clone()).await.unwrap();
+    assert_eq!(store.get_at_most(key, 10_000).await.unwrap(), data);
+    let err = store.get_at_most(key, 9_999).await.unwrap_err();
+    assert_eq!(err.kind(), StorageErrorKind::TooLarge, "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains(key) && message.contains("9999"),
+        "the error names the key and the limit: {message}"
+    );
+    let err = store
+        .get_verified_at_most(key, &sha256_hex(&data), 100)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), StorageErrorKind::TooLarge);
+    assert!(
+        store
+            .get_at_most("suite/bounded/missing", 1)
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    store.delete(key).await.unwrap();
 }
 
 async fn put_get_head_delete(store: &dyn ObjectStore) {

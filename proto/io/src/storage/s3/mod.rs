@@ -387,15 +387,34 @@ impl ObjectStore for S3Store {
         }
     }
 
-    async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+    async fn get_at_most(&self, key: &str, limit: u64) -> Result<Bytes, StorageError> {
         validate_key(key)?;
         let output = self.get_object(key, "get").await?;
-        let data = output
-            .body
-            .collect()
+        let too_large = |size| StorageError::TooLarge {
+            key: key.to_owned(),
+            limit,
+            size,
+        };
+        let declared = output.content_length().and_then(|n| u64::try_from(n).ok());
+        if let Some(size) = declared.filter(|&size| size > limit) {
+            // Dropping the body closes the connection without reading it.
+            return Err(too_large(Some(size)));
+        }
+        let mut body = output.body;
+        let mut data = bytes::BytesMut::with_capacity(
+            usize::try_from(declared.unwrap_or(0).min(limit)).unwrap_or(0),
+        );
+        while let Some(chunk) = body
+            .try_next()
             .await
-            .map_err(|e| body_error("get", key, e))?;
-        Ok(data.into_bytes())
+            .map_err(|e| body_error("get", key, e))?
+        {
+            if (data.len() + chunk.len()) as u64 > limit {
+                return Err(too_large(None));
+            }
+            data.extend_from_slice(&chunk);
+        }
+        Ok(data.freeze())
     }
 
     async fn get_to_file(
