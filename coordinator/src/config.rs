@@ -121,6 +121,11 @@ pub struct CoordinatorSettings {
     /// refused jobs are retried with backoff (from `outbox_interval_ms`, doubling, at most 5
     /// minutes) and never hold up the jobs behind them. Default 8.
     pub publish_attempts: u32,
+    /// A published job still `queued` after this many seconds, while its pool's queue holds
+    /// fewer messages than there are such jobs, is published again: its message was lost (a
+    /// broker that lost it, a purged queue). A duplicate is refused at its claim. 0: never.
+    /// Default 900.
+    pub republish_after_secs: u64,
     /// How often the scheduler looks for due runs, in seconds. Default 15.
     pub scheduler_tick_secs: u64,
     /// After SIGTERM/SIGINT, how long in-flight requests get to finish, in seconds. Default 10.
@@ -145,6 +150,7 @@ impl Default for CoordinatorSettings {
             management_url: "http://127.0.0.1:15672".to_owned(),
             outbox_interval_ms: 1000,
             publish_attempts: 8,
+            republish_after_secs: 900,
             scheduler_tick_secs: 15,
             shutdown_deadline_secs: 10,
         }
@@ -169,6 +175,7 @@ impl fmt::Debug for CoordinatorSettings {
             .field("management_url", &self.management_url)
             .field("outbox_interval_ms", &self.outbox_interval_ms)
             .field("publish_attempts", &self.publish_attempts)
+            .field("republish_after_secs", &self.republish_after_secs)
             .field("scheduler_tick_secs", &self.scheduler_tick_secs)
             .field("shutdown_deadline_secs", &self.shutdown_deadline_secs)
             .finish()

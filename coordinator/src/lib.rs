@@ -29,7 +29,7 @@
 //! | `GET /v1/models/{name}/versions` | → [`wire::VersionList`] |
 //! | `PUT /v1/models/{name}/aliases/{alias}` | [`wire::AliasRequest`] → [`wire::AliasView`] |
 //! | `GET /v1/overview` | → [`wire::Overview`] (what the dashboard shows) |
-//! | `GET /healthz`, `GET /metrics`, `GET /`, `GET /openapi.yaml` | no token (`/metrics`: its own, when `coordinator.metrics_token` is set): health, Prometheus text, the dashboard, the API description |
+//! | `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /`, `GET /openapi.yaml` | no token (`/metrics`: its own, when `coordinator.metrics_token` is set): liveness, readiness (the store answers; the broker's state and the outbox), Prometheus text, the dashboard, the API description |
 //!
 //! [`wire::AliasRequest`]: refit_proto::wire::AliasRequest
 //! [`wire::AliasView`]: refit_proto::wire::AliasView

@@ -4,6 +4,7 @@
 //! loopback defaults that match `deploy/`'s scripts. A missing service fails the test with a
 //! message saying how to start it; nothing is skipped.
 
+mod broker;
 mod common;
 mod coordinator;
 mod ownership;

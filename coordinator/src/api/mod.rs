@@ -53,6 +53,7 @@ pub fn router(app: App) -> Router {
         .nest("/v1", v1)
         .route("/", get(overview::dashboard))
         .route("/healthz", get(overview::healthz))
+        .route("/readyz", get(overview::readyz))
         .route(
             "/metrics",
             get(overview::metrics)
@@ -117,7 +118,7 @@ async fn log_request(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
     let ms = started.elapsed().as_secs_f64() * 1000.0;
-    if path == "/healthz" || path == "/metrics" || path == "/v1/overview" {
+    if path == "/healthz" || path == "/readyz" || path == "/metrics" || path == "/v1/overview" {
         tracing::debug!(%method, %path, status = status.as_u16(), ms, "request");
     } else if status == StatusCode::INTERNAL_SERVER_ERROR {
         tracing::warn!(%method, %path, status = status.as_u16(), ms, "request");

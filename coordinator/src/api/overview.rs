@@ -1,10 +1,10 @@
-//! The dashboard (`/`), its data (`/v1/overview`), `/metrics` and `/healthz`.
+//! The dashboard (`/`), its data (`/v1/overview`), `/metrics`, `/healthz` and `/readyz`.
 
 use std::collections::BTreeSet;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use chrono::Utc;
 
@@ -30,6 +30,34 @@ pub(super) async fn dashboard() -> impl IntoResponse {
 
 pub(super) async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Whether submits are taken (the job store answers: 200, else 503), and what holds up the
+/// rest: the broker connection (while it is down, submitted jobs wait in the outbox), whether
+/// this coordinator is the active one, the jobs waiting to be published.
+pub(super) async fn readyz(State(app): State<App>) -> impl IntoResponse {
+    let store = app.store.count_by_state().await;
+    let broker = if app.broker.is_connected() {
+        "connected"
+    } else {
+        "unreachable"
+    };
+    let body = serde_json::json!({
+        "ready": store.is_ok(),
+        "store": match &store {
+            Ok(_) => "ok".to_owned(),
+            Err(error) => error.to_string(),
+        },
+        "broker": broker,
+        "active": app.is_active(),
+        "outbox_jobs": app.store.count_outbox().await.ok(),
+    });
+    let status = if store.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
 }
 
 pub(super) async fn metrics(State(app): State<App>) -> impl IntoResponse {

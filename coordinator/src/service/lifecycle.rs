@@ -11,6 +11,9 @@
 //! - `run_janitor`: once a job has ended, closes its reservation, deletes the uploads of
 //!   attempts that did not become the version and the job's resume checkpoints; a job that died
 //!   by the lease rules (`coordinator.max_failures` crashes) goes to the dead-letter exchange.
+//! - `run_lost_sweep`: publishes again the published jobs that stayed `queued` past
+//!   `republish_after_secs` while their pool's queue holds fewer messages than there are such
+//!   jobs (their messages were lost); a duplicate is refused at its claim.
 //! - `recover`: at start, re-creates jobs the job store does not know from the reservations in
 //!   the object store (a lost or rolled-back store), so queued and running jobs run again and no
 //!   version number is ever used twice.
@@ -96,6 +99,69 @@ pub(super) async fn run_lease_sweep(app: App, shutdown: CancellationToken) {
     }
     if let Some(publisher) = replies {
         publisher.close().await;
+    }
+}
+
+/// Every quarter of `republish_after_secs` (at most a minute): for each pool, the published
+/// jobs still `queued` since before `republish_after_secs` ago; when the pool's queue holds
+/// fewer messages (ready + unacknowledged, as far as known) than there are of them, some were
+/// lost, and all of them go back to the outbox.
+pub(super) async fn run_lost_sweep(app: App, shutdown: CancellationToken) {
+    let after = app.config.coordinator.republish_after_secs;
+    if after == 0 {
+        return;
+    }
+    let every = Duration::from_millis((after * 250).clamp(250, 60_000));
+    while tick(&shutdown, every, None).await {
+        if !app.is_active() {
+            continue;
+        }
+        let before = chrono::Utc::now() - chrono::Duration::seconds(after as i64);
+        let stale = match app.store.stale_published(before).await {
+            Ok(stale) => stale,
+            Err(error) => {
+                warn!(%error, "cannot look for lost job messages");
+                continue;
+            }
+        };
+        let mut by_pool: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (id, pool) in stale {
+            by_pool.entry(pool).or_default().push(id);
+        }
+        for (pool, ids) in by_pool {
+            let queued = match app.queues.snapshot(&app, std::slice::from_ref(&pool)).await {
+                Ok(views) => {
+                    let name = app.broker.topology().job_queue_for(&pool);
+                    views
+                        .iter()
+                        .find(|q| q.name == name)
+                        .map(|q| q.ready + q.unacked.unwrap_or(0))
+                }
+                Err(error) => {
+                    debug!(%error, %pool, "cannot read the job queue's depth");
+                    continue;
+                }
+            };
+            // A missing queue holds nothing.
+            let queued = queued.unwrap_or(0);
+            if queued >= ids.len() as u64 {
+                continue;
+            }
+            match app.store.republish(ids.clone()).await {
+                Ok(n) => {
+                    warn!(
+                        %pool,
+                        jobs = n,
+                        in_queue = queued,
+                        "published jobs not started and missing from their queue: publishing \
+                         them again"
+                    );
+                    app.metrics.republished.inc_by(n as u64);
+                    app.outbox_wake.notify_one();
+                }
+                Err(error) => warn!(%error, "cannot put lost jobs back in the outbox"),
+            }
+        }
     }
 }
 

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub(crate) handbacks: IntCounter,
     pub(crate) commits: IntCounterVec,
     pub(crate) recovered_jobs: IntCounter,
+    pub(crate) republished: IntCounter,
     pub(crate) active: IntGauge,
     scrape: tokio::sync::Mutex<()>,
     queue_ready: prometheus::IntGaugeVec,
@@ -115,6 +116,11 @@ impl Metrics {
             "refit_job_handbacks_total",
             "Jobs a worker gave back unfinished (shutting down); queued again, not counted as \
              failures.",
+        );
+        let republished = single(
+            "refit_jobs_republished_total",
+            "Published jobs that did not start and were missing from their queue (a lost \
+             message), published again.",
         );
         let recovered_jobs = single(
             "refit_jobs_recovered_total",
@@ -245,6 +251,7 @@ impl Metrics {
             ),
             handbacks,
             recovered_jobs,
+            republished,
             active,
             dead_lettered,
             undecodable_messages,
@@ -286,6 +293,11 @@ pub async fn render(app: &App) -> String {
                 .with_label_values(&[state.as_str()])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
+    }
+
+    // From the store, so that it stays true while the outbox cannot run (broker away, standby).
+    if let Ok(n) = app.store.count_outbox().await {
+        m.outbox_jobs.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     let pools = vec![app.config.queue.pool.clone()];

@@ -138,6 +138,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
     tasks.spawn(lifecycle::run_lease_sweep(app.clone(), shutdown.clone()));
     tasks.spawn(lifecycle::run_committer(app.clone(), shutdown.clone()));
     tasks.spawn(lifecycle::run_janitor(app.clone(), shutdown.clone()));
+    tasks.spawn(lifecycle::run_lost_sweep(app.clone(), shutdown.clone()));
     tasks.spawn(scheduler::run(app.clone(), shutdown.clone()));
 
     let router = crate::api::router(app.clone());

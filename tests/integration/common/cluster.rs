@@ -28,6 +28,11 @@ use super::{
 pub struct ClusterOptions {
     /// Another S3 server than the shared one (a test's private Garage).
     pub s3: Option<S3Config>,
+    /// Another broker than the shared one (a test's private RabbitMQ node or cluster).
+    pub amqp_url: Option<String>,
+    /// The other nodes of that broker's cluster (`queue.failover_hosts`), for the test's own
+    /// connection and every service.
+    pub failover_hosts: Vec<String>,
     /// The job queue's delivery limit (the workers get the same, or declaring the queue would
     /// fail).
     pub delivery_limit: Option<u32>,
@@ -43,6 +48,8 @@ pub struct Cluster {
     pub amqp_url: String,
     /// The broker URL the workers get instead, when a test gives them a user of their own.
     pub worker_amqp_url: Option<String>,
+    /// `queue.failover_hosts` of the test's connection and every service.
+    pub failover_hosts: Vec<String>,
     /// The S3 server's settings.
     pub s3: S3Config,
     /// The store on it.
@@ -62,11 +69,12 @@ impl Cluster {
     /// starts nothing.
     pub async fn start(name: &str, options: ClusterOptions) -> Result<Self> {
         let prefix = unique(name);
-        let amqp_url = amqp_url();
+        let amqp_url = options.amqp_url.unwrap_or_else(amqp_url);
         let mut config = QueueConfig::for_test(&amqp_url, &prefix);
         if let Some(limit) = options.delivery_limit {
             config.delivery_limit = limit;
         }
+        config.failover_hosts = options.failover_hosts.clone();
         let broker = connect_broker(&config).await?;
         let s3 = match options.s3 {
             Some(s3) => s3,
@@ -79,6 +87,7 @@ impl Cluster {
             model,
             amqp_url,
             worker_amqp_url: None,
+            failover_hosts: options.failover_hosts,
             s3,
             store,
             broker,
@@ -86,6 +95,16 @@ impl Cluster {
             logs: Vec::new(),
             workers_started: 0,
         })
+    }
+
+    /// `REFIT__QUEUE__FAILOVER_HOSTS` for a service, when the broker is a cluster.
+    pub fn failover_env(&self, command: &mut Command) {
+        if !self.failover_hosts.is_empty() {
+            command.env(
+                "REFIT__QUEUE__FAILOVER_HOSTS",
+                self.failover_hosts.join(","),
+            );
+        }
     }
 
     /// The registry in the test's store.
@@ -133,6 +152,7 @@ impl Cluster {
         let mut command = Command::new(worker_binary()?);
         let url = self.worker_amqp_url.as_deref().unwrap_or(&self.amqp_url);
         service_env(&mut command, url, &self.prefix, &self.s3);
+        self.failover_env(&mut command);
         command
             .env(
                 "REFIT__QUEUE__DELIVERY_LIMIT",

@@ -336,3 +336,49 @@ async fn a_job_the_broker_refuses_holds_up_no_other_and_fails_with_the_reason() 
         .await?;
     stack.finish().await
 }
+
+/// A published job whose message the broker lost (here: the queue purged) is published again
+/// after `coordinator.republish_after_secs`, and runs once; a job whose message waits in the
+/// queue is left alone however long it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_job_whose_message_is_lost_is_published_again() -> Result<()> {
+    use lapin::options::QueuePurgeOptions;
+
+    let mut stack = Stack::new("lostmsg").await?;
+    stack
+        .start_coordinator(&[("REFIT__COORDINATOR__REPUBLISH_AFTER_SECS", "2")])
+        .await?;
+    let data = stack.upload_examples(&examples(2)?).await?;
+    let id = stack.submit_scratch(&data, 1, json!({})).await?;
+    stack
+        .wait_job(&id, "the job published", |job| job["published"] == true)
+        .await?;
+    // No worker yet: the message waits in the queue, past republish_after_secs, and is left
+    // alone (the sweep runs every half second here).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let republished = |metrics: &str| metric(metrics, "refit_jobs_republished_total", &[]);
+    ensure!(
+        republished(&stack.metrics().await?) == Some(0.0),
+        "a job waiting in its queue was published again"
+    );
+
+    let channel = stack.cluster.broker.channel().await?;
+    channel
+        .queue_purge(
+            stack.job_queue().as_str().into(),
+            QueuePurgeOptions::default(),
+        )
+        .await?;
+    stack
+        .wait_metrics("the lost job published again", |m| {
+            republished(m) >= Some(1.0)
+        })
+        .await?;
+    stack.start_worker(&[])?;
+    stack.wait_succeeded(&id).await?;
+    let job = stack.settled(&id).await?;
+    let (granted, _) = crate::common::jobs::claims(&job);
+    ensure!(granted.len() == 1, "granted to {granted:?}");
+    ensure!(stack.versions().await? == [1]);
+    stack.finish().await
+}

@@ -66,7 +66,11 @@ impl Broker {
     pub fn new(config: &QueueConfig) -> Result<Self, QueueError> {
         config.validate()?;
         let redacted_url = config.redacted_url();
-        let uri = amqp_uri(config)?;
+        let nodes = config
+            .urls()?
+            .iter()
+            .map(|url| Ok((amqp_uri(config, url)?, super::config::redact_url(url))))
+            .collect::<Result<Vec<_>, QueueError>>()?;
         let properties = ConnectionProperties::default().with_connection_name(
             format!(
                 "refit {}/{} (pid {})",
@@ -80,12 +84,11 @@ impl Broker {
         let wake = Arc::new(Notify::new());
         let token = CancellationToken::new();
         let supervisor = Supervisor {
-            uri,
+            nodes,
             properties,
             connect_timeout: config.connect_timeout(),
             reconnect_min: config.reconnect_min(),
             reconnect_max: config.reconnect_max(),
-            redacted_url: redacted_url.clone(),
             link: link_tx,
             wake: wake.clone(),
             token: token.clone(),
@@ -225,17 +228,17 @@ impl std::fmt::Debug for Broker {
     }
 }
 
-/// The URI lapin connects to: the config's URL, with the password from `password_file` and the
-/// configured heartbeat.
-fn amqp_uri(config: &QueueConfig) -> Result<AMQPUri, QueueError> {
+/// The URI lapin connects to for one of the config's URLs (see `QueueConfig::urls`), with the
+/// password from `password_file` and the configured heartbeat.
+fn amqp_uri(config: &QueueConfig, raw: &str) -> Result<AMQPUri, QueueError> {
     // Parse errors are not shown: lapin's messages can quote the whole URL, password included.
-    let mut uri: AMQPUri = config.url.parse().map_err(|_| QueueError::InvalidConfig {
+    let mut uri: AMQPUri = raw.parse().map_err(|_| QueueError::InvalidConfig {
         field: "url",
-        reason: format!("{} is not a valid AMQP URL", config.redacted_url()),
+        reason: format!("{} is not a valid AMQP URL", super::config::redact_url(raw)),
     })?;
     // lapin takes the host from `Url::domain`, which is empty for IP literals in some URL forms;
     // use the host as written.
-    if let Ok(url) = url::Url::parse(&config.url) {
+    if let Ok(url) = url::Url::parse(raw) {
         match url.host() {
             Some(url::Host::Ipv4(ip)) => uri.authority.host = ip.to_string(),
             Some(url::Host::Ipv6(ip)) => uri.authority.host = ip.to_string(),
@@ -267,12 +270,13 @@ pub(crate) fn backoff_delay(min: Duration, max: Duration, failures: u32) -> Dura
 
 /// The background task behind a [`Broker`].
 struct Supervisor {
-    uri: AMQPUri,
+    /// The nodes to connect to, in order (`url`, then the failover hosts), with their redacted
+    /// URLs.
+    nodes: Vec<(AMQPUri, String)>,
     properties: ConnectionProperties,
     connect_timeout: Duration,
     reconnect_min: Duration,
     reconnect_max: Duration,
-    redacted_url: String,
     link: watch::Sender<Link>,
     wake: Arc<Notify>,
     token: CancellationToken,
@@ -287,23 +291,37 @@ enum Ended {
 }
 
 impl Supervisor {
+    /// The delay after the `failures`th failed attempt in a row: a moment when another node is
+    /// still to be tried in this round, else the backoff of the rounds that failed.
+    fn delay(&self, failures: u32) -> Duration {
+        let nodes = u32::try_from(self.nodes.len()).unwrap_or(u32::MAX).max(1);
+        if !failures.is_multiple_of(nodes) {
+            return self.reconnect_min;
+        }
+        backoff_delay(self.reconnect_min, self.reconnect_max, failures / nodes)
+    }
+
     async fn run(self) {
         let mut failures: u32 = 0;
+        // The node to try next; a lost or failed node moves it on.
+        let mut node = 0;
         loop {
+            let (uri, url) = &self.nodes[node % self.nodes.len()];
+            let url = url.as_str();
             let attempt = tokio::select! {
                 biased;
                 () = self.token.cancelled() => break,
                 attempt = tokio::time::timeout(
                     self.connect_timeout,
-                    Connection::connect_uri(self.uri.clone(), self.properties.clone()),
+                    Connection::connect_uri(uri.clone(), self.properties.clone()),
                 ) => attempt,
             };
             let error = match attempt {
                 Ok(Ok(connection)) => {
                     if failures > 0 {
-                        info!(url = %self.redacted_url, failures, "reconnected to rabbitmq");
+                        info!(url, failures, "reconnected to rabbitmq");
                     } else {
-                        info!(url = %self.redacted_url, "connected to rabbitmq");
+                        info!(url, "connected to rabbitmq");
                     }
                     let connected_at = tokio::time::Instant::now();
                     let connection = Arc::new(connection);
@@ -315,7 +333,7 @@ impl Supervisor {
                     };
                     let reason = error.as_ref().map(ToString::to_string);
                     warn!(
-                        url = %self.redacted_url,
+                        url,
                         error = reason.as_deref().unwrap_or("closed"),
                         "lost the rabbitmq connection; reconnecting"
                     );
@@ -327,9 +345,11 @@ impl Supervisor {
                         failures = 0;
                         continue;
                     }
-                    // A connection that keeps dropping right away: back off as for failures.
+                    // A connection that keeps dropping right away: back off as for failures, and
+                    // try another node.
                     failures = failures.saturating_add(1);
-                    let delay = backoff_delay(self.reconnect_min, self.reconnect_max, failures);
+                    node += 1;
+                    let delay = self.delay(failures);
                     tokio::select! {
                         biased;
                         () = self.token.cancelled() => break,
@@ -344,9 +364,11 @@ impl Supervisor {
                 )),
             };
             failures = failures.saturating_add(1);
-            let delay = backoff_delay(self.reconnect_min, self.reconnect_max, failures);
+            node += 1;
+            let delay = self.delay(failures);
+            let next = self.nodes[node % self.nodes.len()].1.as_str();
             warn!(
-                url = %self.redacted_url, %error, failures, retry_in = ?delay,
+                url, %error, failures, retry_in = ?delay, next,
                 "cannot connect to rabbitmq (start it with deploy/rabbitmq.sh)"
             );
             self.link.send_replace(Link::Down {
@@ -462,7 +484,7 @@ mod tests {
             heartbeat_secs: 7,
             ..QueueConfig::default()
         };
-        let uri = amqp_uri(&config).unwrap();
+        let uri = amqp_uri(&config, &config.url).unwrap();
         assert_eq!(uri.authority.host, "127.0.0.1");
         assert_eq!(uri.authority.port, 5673);
         assert_eq!(uri.authority.userinfo.username, "refit");
@@ -481,7 +503,7 @@ mod tests {
             password_file: Some(path),
             ..QueueConfig::default()
         };
-        let uri = amqp_uri(&config).unwrap();
+        let uri = amqp_uri(&config, &config.url).unwrap();
         assert_eq!(uri.authority.userinfo.password, "from-file");
         assert_eq!(uri.authority.host, "mq.example.com");
         assert_eq!(uri.vhost, "/");

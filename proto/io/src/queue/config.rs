@@ -29,6 +29,12 @@ pub struct QueueConfig {
     /// A file whose content (without its trailing newline) replaces the password in `url`, e.g. a
     /// mounted Kubernetes secret. Default: none.
     pub password_file: Option<PathBuf>,
+    /// The other nodes of the broker's cluster, as `host:port` (in TOML a list; in the
+    /// environment one string, comma-separated): when the node of `url` does not answer or goes
+    /// away, refit connects to the next one, with `url`'s scheme, user, password and vhost.
+    /// Default: none.
+    #[serde(deserialize_with = "list_or_commas")]
+    pub failover_hosts: Vec<String>,
     /// The worker pool: workers consume `<prefix>.jobs.<pool>`, and jobs are routed to it by this
     /// name. Letters, digits, `-`, `_` and `.`; not `dead`. Default `default`.
     pub pool: String,
@@ -76,6 +82,7 @@ impl Default for QueueConfig {
         Self {
             url: DEFAULT_URL.to_owned(),
             password_file: None,
+            failover_hosts: Vec::new(),
             pool: "default".to_owned(),
             prefix: "refit".to_owned(),
             delivery_limit: 5,
@@ -152,7 +159,30 @@ impl QueueConfig {
                 format!("{} has no host", self.redacted_url()),
             ));
         }
+        self.urls()?;
         Ok(())
+    }
+
+    /// `url`, then `url` on each of `failover_hosts`: the nodes to connect to, in order.
+    pub(crate) fn urls(&self) -> Result<Vec<String>, QueueError> {
+        let mut urls = vec![self.url.clone()];
+        for host in &self.failover_hosts {
+            let bad = |why: &str| invalid("failover_hosts", format!("{host:?}: {why}"));
+            let (name, port) = host.rsplit_once(':').ok_or_else(|| bad("not host:port"))?;
+            let port: u16 = port.parse().map_err(|_| bad("the port is not a number"))?;
+            let name = name.trim_start_matches('[').trim_end_matches(']');
+            if name.is_empty() || name.contains(['/', '@', '?', '#', ' ']) {
+                return Err(bad("not a host name or address"));
+            }
+            let mut url = url::Url::parse(&self.url)
+                .map_err(|_| invalid("url", format!("{} is not a URL", self.redacted_url())))?;
+            url.set_host(Some(name))
+                .map_err(|e| bad(&format!("not a host: {e}")))?;
+            url.set_port(Some(port))
+                .map_err(|()| bad("cannot set the port"))?;
+            urls.push(url.to_string());
+        }
+        Ok(urls)
     }
 
     pub(crate) fn connect_timeout(&self) -> Duration {
@@ -191,6 +221,7 @@ impl fmt::Debug for QueueConfig {
         f.debug_struct("QueueConfig")
             .field("url", &self.redacted_url())
             .field("password_file", &self.password_file)
+            .field("failover_hosts", &self.failover_hosts)
             .field("pool", &self.pool)
             .field("prefix", &self.prefix)
             .field("delivery_limit", &self.delivery_limit)
@@ -203,6 +234,25 @@ impl fmt::Debug for QueueConfig {
             .field("consumer_timeout_ms", &self.consumer_timeout_ms)
             .finish()
     }
+}
+
+/// A list, or a string of comma-separated items (what an environment variable can hold).
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Items {
+        List(Vec<String>),
+        Commas(String),
+    }
+    Ok(match Items::deserialize(d)? {
+        Items::List(items) => items,
+        Items::Commas(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 /// An AMQP URL with its password (if any) replaced by `***`.
@@ -380,5 +430,33 @@ mod tests {
         assert_eq!(config.delivery_limit, 2);
         assert_eq!(config.prefix, "refit");
         assert!(serde_json::from_str::<QueueConfig>(r#"{"poool": "gpu"}"#).is_err());
+    }
+
+    #[test]
+    fn failover_hosts_take_the_urls_credentials_and_vhost() {
+        let config: QueueConfig = serde_json::from_str(
+            r#"{"url": "amqp://refit:pw@rmq-0:5672/jobs", "failover_hosts": "rmq-1:5673, 10.0.0.3:5672"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.urls().unwrap(),
+            [
+                "amqp://refit:pw@rmq-0:5672/jobs",
+                "amqp://refit:pw@rmq-1:5673/jobs",
+                "amqp://refit:pw@10.0.0.3:5672/jobs"
+            ]
+        );
+        config.validate().unwrap();
+        let list: QueueConfig =
+            serde_json::from_str(r#"{"failover_hosts": ["rmq-1:5672"]}"#).unwrap();
+        assert_eq!(list.urls().unwrap().len(), 2);
+        for bad in ["rmq-1", "rmq-1:x", ":5672", "u@h:5672"] {
+            let config = QueueConfig {
+                failover_hosts: vec![bad.to_owned()],
+                ..QueueConfig::default()
+            };
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("failover_hosts"), "{bad}: {err}");
+        }
     }
 }
