@@ -105,6 +105,10 @@ pub enum EventKind {
         /// Seconds since the last resume checkpoint, if one was written.
         #[serde(default)]
         checkpoint_age_secs: Option<f64>,
+        /// What keeps the attempt from going on or from saving its work, for people: a failing
+        /// resume-checkpoint upload, S3 or the broker unreachable. `None` when all is well.
+        #[serde(default)]
+        trouble: Option<String>,
     },
     /// A resume checkpoint was written and verified.
     Checkpointed {

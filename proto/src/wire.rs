@@ -169,6 +169,10 @@ pub struct ProgressView {
     pub eta_secs: Option<f64>,
     /// What the worker is doing: `download`, `train`, `evaluate`, `export`, `upload`.
     pub phase: Option<String>,
+    /// What the last heartbeat said keeps the attempt from going on or from saving its work
+    /// (a failing checkpoint upload, S3 unreachable); `None` when all is well.
+    #[serde(default)]
+    pub trouble: Option<String>,
 }
 
 /// One recorded worker event.
@@ -254,9 +258,13 @@ pub struct JobView {
     pub last_heartbeat_at: Option<DateTime<Utc>>,
     /// The latest resume checkpoint.
     pub last_checkpoint_at: Option<DateTime<Utc>>,
-    /// Its events, oldest first (only in `GET /v1/jobs/{id}`).
+    /// Its events, oldest first (only in `GET /v1/jobs/{id}`: one page, see `more_events`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<EventView>,
+    /// More events follow the page in `events` (ask again with `events_after` set to the last
+    /// one's `seq`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more_events: bool,
 }
 
 /// The decision recorded with a job.

@@ -123,6 +123,7 @@ fn sample_events() -> Vec<(&'static str, Event)> {
             event(EventKind::Heartbeat {
                 phase: "train".into(),
                 checkpoint_age_secs: Some(8.0),
+                trouble: None,
             }),
         ),
         (

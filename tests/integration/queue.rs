@@ -433,6 +433,7 @@ async fn events_reach_the_coordinator_and_its_answers_reach_one_inbox() -> Resul
         kind: EventKind::Heartbeat {
             phase: "train".into(),
             checkpoint_age_secs: None,
+            trouble: None,
         },
         attempt_id: Some(AttemptId::new()),
         fence: Some(1),

@@ -105,13 +105,22 @@ pub struct WorkerSettings {
     /// workers and notices one that vanished; keep it well under the coordinator's
     /// `stall_after_secs`. Default 15.
     pub presence_secs: u64,
-    /// Tries of one S3 or broker operation that fails transiently before the job is handed back
-    /// to the queue (nack with requeue). Default 10 (about a minute of retrying).
+    /// Tries of one S3 or broker operation that fails transiently, with growing delays, before
+    /// it counts as an outage. Default 10 (about a minute of retrying).
     pub retry_attempts: u32,
     /// The first retry delay in milliseconds; it doubles per try, with jitter. Default 500.
     pub retry_initial_ms: u64,
     /// The longest retry delay in milliseconds. Default 10 000.
     pub retry_max_ms: u64,
+    /// After the tries, how long a job step keeps waiting for S3 or the broker to come back
+    /// (trying every `retry_max_ms`), in seconds; then the job is handed back (`released`, not
+    /// counted as a failure). The training thread never waits on it. Default 1800.
+    pub outage_wait_secs: u64,
+    /// The most features (distinct words and character n-grams) a model's vocabulary may
+    /// hold; a job whose data would grow it further fails with a clear error before any
+    /// tensor is sized (the embedding and its optimiser moments grow with it). Default
+    /// 1 000 000.
+    pub max_vocab_features: usize,
     /// After SIGTERM/SIGINT, how long running jobs get to stop at their next step, write a resume
     /// checkpoint and hand their delivery back, in seconds. Default 30.
     pub shutdown_deadline_secs: u64,
@@ -132,6 +141,8 @@ impl Default for WorkerSettings {
             retry_attempts: 10,
             retry_initial_ms: 500,
             retry_max_ms: 10_000,
+            outage_wait_secs: 1800,
+            max_vocab_features: refit_proto::vocab::DEFAULT_MAX_FEATURES,
             shutdown_deadline_secs: 30,
         }
     }
@@ -165,6 +176,9 @@ impl WorkerConfig {
         }
         if w.presence_secs == 0 {
             return Err(invalid("worker.presence_secs", "must be at least 1"));
+        }
+        if w.max_vocab_features < 2 {
+            return Err(invalid("worker.max_vocab_features", "must be at least 2"));
         }
         if w.retry_attempts == 0 {
             return Err(invalid("worker.retry_attempts", "must be at least 1"));
@@ -252,13 +266,15 @@ impl WorkerConfig {
         }
     }
 
-    /// The retry policy for transient S3 and broker failures.
-    pub fn retry_delays(&self) -> (u32, Duration, Duration) {
+    /// The retry policy for transient S3 and broker failures: tries, the first and the longest
+    /// delay, and the outage patience.
+    pub fn retry_delays(&self) -> (u32, Duration, Duration, Duration) {
         let w = &self.worker;
         (
             w.retry_attempts,
             Duration::from_millis(w.retry_initial_ms),
             Duration::from_millis(w.retry_max_ms),
+            Duration::from_secs(w.outage_wait_secs),
         )
     }
 }

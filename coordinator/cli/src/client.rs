@@ -230,9 +230,54 @@ impl Client {
         self.call(Method::GET, &["jobs"], &params, Body::None, REQUEST_TIMEOUT)
     }
 
-    /// `GET /v1/jobs/{id}`: a job with its events.
+    /// `GET /v1/jobs/{id}`: a job with all its events (read a page at a time).
     pub fn job(&self, id: &str) -> Result<Answer<JobView>, ClientError> {
-        self.call(Method::GET, &["jobs", id], &[], Body::None, REQUEST_TIMEOUT)
+        let mut answer = self.job_page(id, 0, None)?;
+        while answer.value.more_events {
+            let after = answer.value.events.last().map_or(0, |e| e.seq);
+            let page = self.job_page(id, after, None)?;
+            answer.value.events.extend(page.value.events);
+            answer.value.more_events = page.value.more_events;
+            if let (Some(all), Some(more)) = (
+                answer
+                    .json
+                    .get_mut("events")
+                    .and_then(serde_json::Value::as_array_mut),
+                page.json
+                    .get("events")
+                    .and_then(serde_json::Value::as_array),
+            ) {
+                all.extend(more.iter().cloned());
+            }
+        }
+        if let Some(object) = answer.json.as_object_mut() {
+            object.remove("more_events");
+        }
+        Ok(answer)
+    }
+
+    /// `GET /v1/jobs/{id}` with one page of its events: those after `after`, at most `limit`
+    /// (the coordinator's default when `None`; 0 for the job alone).
+    pub fn job_page(
+        &self,
+        id: &str,
+        after: i64,
+        limit: Option<u32>,
+    ) -> Result<Answer<JobView>, ClientError> {
+        let mut params = Vec::new();
+        if after > 0 {
+            params.push(("events_after", after.to_string()));
+        }
+        if let Some(limit) = limit {
+            params.push(("events_limit", limit.to_string()));
+        }
+        self.call(
+            Method::GET,
+            &["jobs", id],
+            &params,
+            Body::None,
+            REQUEST_TIMEOUT,
+        )
     }
 
     /// `POST /v1/jobs/{id}/cancel`.

@@ -257,6 +257,9 @@ pub(super) fn progress_line(p: &ProgressView) -> String {
     if let Some(eta) = p.eta_secs {
         parts.push(format!("ETA {}", duration(eta)));
     }
+    if let Some(trouble) = &p.trouble {
+        parts.push(format!("({})", shorten(trouble, 120)));
+    }
     parts.join("  ")
 }
 
@@ -484,7 +487,10 @@ fn event_summary(kind: &str, body: &serde_json::Value) -> String {
             }
             s
         }
-        "heartbeat" => text("phase").unwrap_or_default().to_owned(),
+        "heartbeat" => match text("trouble") {
+            Some(trouble) => format!("{}: {trouble}", text("phase").unwrap_or_default()),
+            None => text("phase").unwrap_or_default().to_owned(),
+        },
         "checkpointed" => format!("after epoch {}", epochs(num("epoch").unwrap_or(0.0))),
         "succeeded" => {
             let version = body
@@ -545,8 +551,17 @@ mod tests {
             examples_per_sec: 100.0,
             eta_secs: Some(42.0),
             phase: Some("train".into()),
+            trouble: None,
         };
         assert_eq!(progress_line(&p), "train  epoch 3/30  loss 0.4123  ETA 42s");
+        let troubled = ProgressView {
+            trouble: Some("S3 unreachable for 12 s: connection refused".into()),
+            ..p
+        };
+        assert_eq!(
+            progress_line(&troubled),
+            "train  epoch 3/30  loss 0.4123  ETA 42s  (S3 unreachable for 12 s: connection refused)"
+        );
         assert_eq!(epochs(3.25), "3.3");
         assert_eq!(shorten("a\nb   c", 3), "a b…");
     }

@@ -27,7 +27,8 @@ pub(super) fn wait(
     let mut lost_since: Option<Instant> = None;
     loop {
         std::thread::sleep(poll);
-        match client.job(&job.id) {
+        // The state and the progress only; the events once, at the end.
+        match client.job_page(&job.id, 0, Some(0)) {
             Ok(answer) => {
                 if lost_since.take().is_some() {
                     display.note("reconnected to the coordinator");
@@ -35,6 +36,7 @@ pub(super) fn wait(
                 display.update(&answer.value);
                 if answer.value.state.is_final() {
                     display.finish();
+                    let answer = client.job(&job.id)?;
                     return Ok((answer.value, answer.json));
                 }
             }

@@ -245,6 +245,7 @@ fn job(id: &str, model: &str, state: JobState) -> JobView {
         last_heartbeat_at: None,
         last_checkpoint_at: None,
         events: vec![],
+        more_events: false,
     }
 }
 
@@ -258,6 +259,7 @@ fn running(id: &str, model: &str, epoch: f64) -> JobView {
         examples_per_sec: 500.0,
         eta_secs: Some((3.0 - epoch) * 2.0),
         phase: Some("train".into()),
+        trouble: None,
     });
     j
 }

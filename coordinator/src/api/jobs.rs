@@ -168,15 +168,39 @@ fn no_job(app: &App, id: &str) -> ApiError {
     }
 }
 
-/// A job with its events.
+/// `GET /v1/jobs/{id}` query: which page of the job's events.
+#[derive(Debug, Deserialize)]
+pub(super) struct EventPage {
+    /// Events after this `seq` (default: from the first).
+    events_after: Option<i64>,
+    /// At most this many (default [`EVENTS_PAGE`], at most [`EVENTS_PAGE_MAX`]; 0: none, for
+    /// a poll that reads only the state and the progress).
+    events_limit: Option<u32>,
+}
+
+/// Events in one answer unless the caller asks for another number.
+const EVENTS_PAGE: u32 = 1000;
+/// The most events in one answer.
+const EVENTS_PAGE_MAX: u32 = 10_000;
+
+/// A job with a page of its events.
 pub(super) async fn get_one(
     State(app): State<App>,
     Path(id): Path<String>,
+    params: Result<Query<EventPage>, QueryRejection>,
 ) -> Result<Json<JobView>, ApiError> {
+    let params = query(params)?;
     let id = job_id(&id)?;
     let job = app
         .store
-        .job(id.clone())
+        .job_page(
+            id.clone(),
+            params.events_after.unwrap_or(0),
+            params
+                .events_limit
+                .unwrap_or(EVENTS_PAGE)
+                .min(EVENTS_PAGE_MAX),
+        )
         .await?
         .ok_or_else(|| no_job(&app, &id))?;
     Ok(Json(job.view))

@@ -304,7 +304,10 @@ pub(super) async fn run_dead_letters(app: App, shutdown: CancellationToken) {
                 );
                 match app.store.mark_dead(spec.id.to_string(), reason).await {
                     Ok(true) => warn!(job_id = %spec.id, "job dead-lettered"),
-                    Ok(false) => debug!(job_id = %spec.id, "dead-lettered job had already ended"),
+                    Ok(false) => debug!(
+                        job_id = %spec.id,
+                        "a dead-lettered copy of a job that has ended or that an attempt holds"
+                    ),
                     Err(error) => {
                         warn!(%error, "cannot record a dead-lettered job; retrying");
                         let _ = delivery.nack_requeue().await;

@@ -56,14 +56,26 @@ fn event_body(kind: &EventKind) -> serde_json::Value {
     value
 }
 
-pub(super) fn events_of(conn: &Connection, job_id: &str) -> Result<Vec<EventView>, StoreError> {
+/// The events of a job after `after` (a `seq`), oldest first, at most `limit`, and whether more
+/// follow.
+pub(super) fn events_of(
+    conn: &Connection,
+    job_id: &str,
+    after: i64,
+    limit: u32,
+) -> Result<(Vec<EventView>, bool), StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, at, attempt, worker, kind, body, received_at, attempt_id FROM events \
-         WHERE job_id = ?1 ORDER BY seq",
+         WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
     )?;
-    let mut rows = stmt.query(params![job_id])?;
+    let mut rows = stmt.query(params![job_id, after, i64::from(limit) + 1])?;
     let mut out = Vec::new();
+    let mut more = false;
     while let Some(row) = rows.next()? {
+        if out.len() as u64 >= u64::from(limit) {
+            more = true;
+            break;
+        }
         let body: String = row.get(5)?;
         out.push(EventView {
             seq: row.get(0)?,
@@ -77,7 +89,7 @@ pub(super) fn events_of(conn: &Connection, job_id: &str) -> Result<Vec<EventView
                 .map_err(|e| StoreError::Corrupt(format!("event body: {e}")))?,
         });
     }
-    Ok(out)
+    Ok((out, more))
 }
 
 /// Records a coordinator-side event of a job (a lapsed lease), shown with the workers' ones.
@@ -269,9 +281,10 @@ fn apply(
             progress.eta_secs = *eta_secs;
             progress.phase = Some("train".into());
         }
-        EventKind::Heartbeat { phase, .. } => {
+        EventKind::Heartbeat { phase, trouble, .. } => {
             alive(&tx)?;
             progress.phase = Some(phase.clone());
+            progress.trouble.clone_from(trouble);
         }
         EventKind::Checkpointed { resume, .. } => {
             alive(&tx)?;
@@ -421,7 +434,33 @@ fn insert_event(
             event.attempt_id.map(|a| a.to_string()),
         ],
     )?;
+    let kind = event.kind.name();
+    if inserted == 1
+        && matches!(kind, "progress" | "heartbeat")
+        && tx.last_insert_rowid() % PRUNE_EVERY == 0
+    {
+        prune(tx, &event.job_id.to_string(), kind)?;
+    }
     Ok(inserted == 1)
+}
+
+/// Progress and heartbeat events kept per job, of each kind: the newest. A job of days sends
+/// one of each every few seconds; its view, the loss curve and the stall checks need only the
+/// recent ones. Every other event is kept.
+pub const KEEP_PROGRESS_EVENTS: i64 = 1000;
+
+/// Pruning runs at one insert in this many (by row id), so its cost is spread thin.
+const PRUNE_EVERY: i64 = 64;
+
+/// Deletes a job's `kind` events older than its newest [`KEEP_PROGRESS_EVENTS`].
+fn prune(tx: &Transaction<'_>, job_id: &str, kind: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM events WHERE job_id = ?1 AND kind = ?2 AND seq < ( \
+             SELECT seq FROM events WHERE job_id = ?1 AND kind = ?2 \
+             ORDER BY seq DESC LIMIT 1 OFFSET ?3)",
+        params![job_id, kind, KEEP_PROGRESS_EVENTS - 1],
+    )?;
+    Ok(())
 }
 
 /// The worker was heard from now (the coordinator's clock), working on `job_id` or not.
@@ -508,14 +547,17 @@ impl Store {
         .await
     }
 
-    /// Marks a job dead-lettered (unless it already ended); returns whether it changed.
+    /// Marks a job dead from a dead-lettered copy of its message, if no attempt holds it (it
+    /// is `queued`): a granted job belongs to its lease, not to its message, so a copy
+    /// dead-lettered while an attempt runs (a redelivery past the delivery limit) neither ends
+    /// it nor takes the place of the reason its attempt reports. Returns whether it changed.
     pub async fn mark_dead(&self, id: String, reason: String) -> Result<bool, StoreError> {
         self.call(move |conn| {
             let now = ts(Utc::now());
             let changed = conn.execute(
                 "UPDATE jobs SET state = 'dead', error = COALESCE(error || ' — ', '') || ?2, \
                  finished_at = ?3, updated_at = ?3 \
-                 WHERE id = ?1 AND state IN ('queued', 'running', 'stalled')",
+                 WHERE id = ?1 AND state = 'queued' AND lease_attempt IS NULL",
                 params![id, reason, now],
             )?;
             Ok(changed == 1)

@@ -35,6 +35,7 @@ fn beat() -> EventKind {
     EventKind::Heartbeat {
         phase: "train".into(),
         checkpoint_age_secs: None,
+        trouble: None,
     }
 }
 
@@ -341,6 +342,44 @@ async fn hand_backs_requeue_without_counting_and_transient_failures_count() {
 }
 
 #[tokio::test]
+async fn a_dead_copy_of_a_running_jobs_message_does_not_end_it_or_hide_its_failure() {
+    let store = Store::in_memory().unwrap();
+    let now = Utc::now();
+    let id = new_queued(&store).await;
+    let a = AttemptId::new();
+    let fence = claim(&store, &id, a, now).await;
+    // The lease keeps a granted job, not its message: a dead-lettered copy (a redelivery past
+    // the delivery limit) read before the attempt's own `failed` changes nothing.
+    assert!(
+        !store
+            .mark_dead(id.clone(), "dead-lettered".into())
+            .await
+            .unwrap()
+    );
+    assert_eq!(state(&store, &id).await, JobState::Running);
+    let failed = EventKind::Failed {
+        error: "bad yaml".into(),
+        error_kind: ErrorKind::Permanent,
+    };
+    store
+        .record_event_at(event(&id, a, fence, failed), inbox("a"), SETTINGS, now)
+        .await
+        .unwrap();
+    let view = store.job(id.clone()).await.unwrap().unwrap().view;
+    assert_eq!(view.state, JobState::Failed);
+    assert_eq!(view.error.as_deref(), Some("bad yaml"));
+    // A queued job's dead copy (no attempt holds it) is how it dies.
+    let queued = new_queued(&store).await;
+    assert!(
+        store
+            .mark_dead(queued.clone(), "dead-lettered".into())
+            .await
+            .unwrap()
+    );
+    assert_eq!(state(&store, &queued).await, JobState::Dead);
+}
+
+#[tokio::test]
 async fn cancels_reach_the_holder_and_refuse_claims() {
     let store = Store::in_memory().unwrap();
     let now = Utc::now();
@@ -565,4 +604,61 @@ async fn a_running_attempt_the_store_forgot_adopts_its_job_but_never_with_a_resu
             "claim"
         ]
     );
+}
+
+#[tokio::test]
+async fn progress_and_heartbeats_are_kept_to_the_newest_and_events_come_in_pages() {
+    let store = Store::in_memory().unwrap();
+    let now = Utc::now();
+    let id = new_queued(&store).await;
+    let a = AttemptId::new();
+    let fence = claim(&store, &id, a, now).await;
+    let sent = KEEP_PROGRESS_EVENTS as usize + 300;
+    for n in 0..sent {
+        let mut beat = event(&id, a, fence, beat());
+        // Distinct events (the same one twice is a duplicate).
+        beat.at = now + Duration::milliseconds(n as i64);
+        store
+            .record_event_at(beat, inbox("a"), SETTINGS, now)
+            .await
+            .unwrap();
+    }
+    let job = store.job(id.clone()).await.unwrap().unwrap().view;
+    let beats: Vec<_> = job
+        .events
+        .iter()
+        .filter(|e| e.kind == "heartbeat")
+        .collect();
+    let keep = KEEP_PROGRESS_EVENTS as usize;
+    assert!(
+        beats.len() >= keep && beats.len() < keep + 64,
+        "{} heartbeats kept of {sent}",
+        beats.len()
+    );
+    // The newest are the ones kept; the claim is kept whatever its age.
+    // (Stored to the microsecond, so within a millisecond.)
+    let newest = (beats.last().unwrap().at - now).num_milliseconds();
+    assert!((newest - (sent as i64 - 1)).abs() <= 1, "{newest}");
+    assert!(job.events.iter().any(|e| e.kind == "claim"));
+    assert!(!job.more_events);
+
+    // Pages: after a seq, at most a limit, and whether more follow.
+    let first = store
+        .job_page(id.clone(), 0, 10)
+        .await
+        .unwrap()
+        .unwrap()
+        .view;
+    assert_eq!(first.events.len(), 10);
+    assert!(first.more_events);
+    let last_seq = first.events.last().unwrap().seq;
+    let next = store
+        .job_page(id.clone(), last_seq, 10)
+        .await
+        .unwrap()
+        .unwrap()
+        .view;
+    assert!(next.events[0].seq > last_seq);
+    let none = store.job_page(id, 0, 0).await.unwrap().unwrap().view;
+    assert!(none.events.is_empty() && none.more_events);
 }

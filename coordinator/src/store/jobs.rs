@@ -149,6 +149,7 @@ pub(super) fn read_row(row: &Row<'_>) -> Result<StoredJob, StoreError> {
         last_heartbeat_at: parse_ts_opt(opt(22)?)?,
         last_checkpoint_at: parse_ts_opt(opt(23)?)?,
         events: Vec::new(),
+        more_events: false,
     };
     Ok(StoredJob {
         view,
@@ -218,11 +219,24 @@ impl Store {
 
     /// A job with its events.
     pub async fn job(&self, id: String) -> Result<Option<StoredJob>, StoreError> {
+        self.job_page(id, 0, u32::MAX).await
+    }
+
+    /// A job with one page of its events: those after `after` (a `seq`), oldest first, at most
+    /// `limit`; `more_events` says whether others follow.
+    pub async fn job_page(
+        &self,
+        id: String,
+        after: i64,
+        limit: u32,
+    ) -> Result<Option<StoredJob>, StoreError> {
         self.call(move |conn| {
             let Some(mut job) = get_job(conn, &id)? else {
                 return Ok(None);
             };
-            job.view.events = super::events::events_of(conn, &id)?;
+            let (events, more) = super::events::events_of(conn, &id, after, limit)?;
+            job.view.events = events;
+            job.view.more_events = more;
             Ok(Some(job))
         })
         .await
@@ -278,6 +292,55 @@ impl Store {
                 counts.insert(state, u64::try_from(n).unwrap_or(0));
             }
             Ok(counts)
+        })
+        .await
+    }
+
+    /// Published jobs still `queued` that were published before `before`, with their pools:
+    /// their messages may have been lost.
+    pub async fn stale_published(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, pool FROM jobs WHERE state = 'queued' AND published_at IS NOT NULL \
+                 AND published_at < ?1 ORDER BY submitted_at",
+            )?;
+            let rows = stmt.query_map(params![ts(before)], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Puts published jobs that are still `queued` back in the outbox, which publishes them
+    /// again; how many it put back.
+    pub async fn republish(&self, ids: Vec<String>) -> Result<usize, StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            let mut n = 0;
+            for id in &ids {
+                n += tx.execute(
+                    "UPDATE jobs SET published_at = NULL, updated_at = ?2 WHERE id = ?1 AND \
+                     state = 'queued' AND published_at IS NOT NULL",
+                    params![id, ts(Utc::now())],
+                )?;
+            }
+            tx.commit()?;
+            Ok(n)
+        })
+        .await
+    }
+
+    /// How many jobs wait to be published (held back after a refusal included).
+    pub async fn count_outbox(&self) -> Result<u64, StoreError> {
+        self.call(|conn| {
+            let n: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE published_at IS NULL AND state = 'queued'",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(u64::try_from(n).unwrap_or(0))
         })
         .await
     }
@@ -637,6 +700,15 @@ pub(crate) mod tests {
         let (a, spec) = store.insert_job(new_job("m"), None).await.unwrap();
         let outbox = store.outbox(10).await.unwrap();
         assert_eq!(outbox.len(), 1);
+        assert_eq!(store.count_outbox().await.unwrap(), 1);
+        assert!(
+            store
+                .stale_published(Utc::now() + chrono::Duration::hours(1))
+                .await
+                .unwrap()
+                .is_empty(),
+            "not published yet"
+        );
         assert_eq!(outbox[0].spec, spec);
         assert!(!outbox[0].reserved);
         // Unreserved, its number can still move (it was another job's in the object store).
@@ -662,8 +734,28 @@ pub(crate) mod tests {
         );
         store.mark_published(a.view.id.clone()).await.unwrap();
         assert!(store.outbox(10).await.unwrap().is_empty());
-        let job = store.job(a.view.id).await.unwrap().unwrap();
+        assert_eq!(store.count_outbox().await.unwrap(), 0);
+        let job = store.job(a.view.id.clone()).await.unwrap().unwrap();
         assert!(job.view.published);
+        // Published long enough ago (here: before an hour from now), a job still queued may
+        // have lost its message: put back in the outbox, it is published again.
+        let later = Utc::now() + chrono::Duration::hours(1);
+        assert!(
+            store
+                .stale_published(Utc::now() - chrono::Duration::hours(1))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let stale = store.stale_published(later).await.unwrap();
+        assert_eq!(stale, [(a.view.id.clone(), "default".to_owned())]);
+        assert_eq!(store.republish(vec![a.view.id.clone()]).await.unwrap(), 1);
+        assert_eq!(store.outbox(10).await.unwrap().len(), 1);
+        assert_eq!(
+            store.republish(vec![a.view.id]).await.unwrap(),
+            0,
+            "not published now"
+        );
     }
 
     #[tokio::test]

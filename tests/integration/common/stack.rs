@@ -297,6 +297,7 @@ impl Stack {
     pub fn service_env(&self, command: &mut Command) -> Result<()> {
         let c = &self.cluster;
         service_env(command, &c.amqp_url, &c.prefix, &c.s3);
+        c.failover_env(command);
         self.secrets_via_files(command)
     }
 
@@ -566,10 +567,34 @@ impl Stack {
         Ok(response["job"].clone())
     }
 
-    /// `GET /v1/jobs/{id}`.
+    /// `GET /v1/jobs/{id}`, with all its events (read a page at a time).
     pub async fn job(&self, id: &str) -> Result<Value> {
-        self.expect(Method::GET, &format!("/v1/jobs/{id}"), None, StatusCode::OK)
-            .await
+        let path = format!("/v1/jobs/{id}");
+        let mut job = self
+            .expect(Method::GET, &path, None, StatusCode::OK)
+            .await?;
+        while job["more_events"] == true {
+            let after = job["events"]
+                .as_array()
+                .and_then(|events| events.last())
+                .and_then(|event| event["seq"].as_i64())
+                .context("a page with more events after it ends without a seq")?;
+            let page = self
+                .expect(
+                    Method::GET,
+                    &format!("{path}?events_after={after}"),
+                    None,
+                    StatusCode::OK,
+                )
+                .await?;
+            if let (Some(all), Some(more)) =
+                (job["events"].as_array_mut(), page["events"].as_array())
+            {
+                all.extend(more.iter().cloned());
+            }
+            job["more_events"] = page["more_events"].clone();
+        }
+        Ok(job)
     }
 
     /// Waits until the job reaches a final state; its view (with events).

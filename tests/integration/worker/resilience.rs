@@ -3,6 +3,8 @@
 //! - a private Garage (own data directory and ports, started with `deploy/s3-server.sh`) stopped
 //!   for 20 s mid-job: the worker rides it out within its attempt (retrying S3, heartbeats going
 //!   on through RabbitMQ, so its lease holds);
+//! - the same for five minutes under a backlog of 20 jobs and two workers (issue 14): no job
+//!   taken while S3 is away, a running job trains on, every job succeeds;
 //! - the worker's own RabbitMQ connection force-closed with `rabbitmqctl close_connection`
 //!   (found by its client-provided name, `refit <prefix>/<pool> (pid <pid>)`; never the other
 //!   tests' connections): it reconnects, reads its answers from a new inbox, and the same attempt
@@ -188,6 +190,163 @@ async fn worker_rides_out_a_20s_s3_outage() -> Result<()> {
         "s3 outage: {} retried operations, {beats} heartbeats during the outage, {} checkpoints",
         log.matches("failed; retrying").count(),
         count(&job, "checkpointed")
+    );
+    stack.finish().await?;
+    drop(garage);
+    Ok(())
+}
+
+/// How long [`twenty_jobs_and_two_workers_ride_out_s3_down_for_five_minutes`] keeps S3 away:
+/// `REFIT_TEST_S3_OUTAGE_SECS`, 300 unless set (shorter only to try the test quickly).
+fn long_outage() -> Duration {
+    Duration::from_secs(
+        env_or("REFIT_TEST_S3_OUTAGE_SECS", "300")
+            .parse()
+            .unwrap_or(300),
+    )
+}
+
+/// The events of `jobs` of `kind` the coordinator received between `from` and `to`.
+fn received_between<'a>(
+    jobs: &'a [Value],
+    kind: &'a str,
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+) -> impl Iterator<Item = Value> + 'a {
+    jobs.iter()
+        .flat_map(events)
+        .filter(move |e| e["type"] == kind)
+        .filter(move |e| received(e).is_some_and(|at| at > from && at < to))
+}
+
+/// S3 (connections refused) away for five minutes under a backlog: 20 jobs, two workers. One
+/// worker trains a long job (slowed steps) through the whole outage; the other takes the short
+/// jobs. While S3 is away no job is taken (no claim after the first seconds, which is how long
+/// a worker may take to notice), the long job's progress goes on and its heartbeats name the
+/// resume-checkpoint upload that fails; afterwards every job succeeds without a failure, a
+/// hand-back or a dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_jobs_and_two_workers_ride_out_s3_down_for_five_minutes() -> Result<()> {
+    const SHORT_JOBS: usize = 19;
+    /// The long job's step delay, and how long a worker may go on before it sees the outage
+    /// (a claim it checked S3 for just before the stop).
+    const STEP_MS: u64 = 200;
+    const NOTICE: Duration = Duration::from_secs(15);
+    let outage = long_outage();
+    let garage = PrivateGarage::start().await?;
+    let mut stack = Stack::with(
+        "ws3long",
+        Options {
+            cluster: ClusterOptions {
+                s3: Some(garage.s3_config()?),
+                ..ClusterOptions::default()
+            },
+            ..Options::default()
+        },
+    )
+    .await?;
+    stack.start_coordinator(&[]).await?;
+    // The long job: 2 steps an epoch of STEP_MS each, lasting the outage and 100 s more; a
+    // resume checkpoint every 5 s.
+    let slow = format!("slow-step={STEP_MS}");
+    let checkpoints = [
+        ("REFIT__WORKER__RESUME_EVERY_EPOCHS", "0"),
+        ("REFIT__WORKER__RESUME_EVERY_SECS", "5"),
+    ];
+    let mut env = checkpoints.to_vec();
+    env.push(("REFIT_FAULT", &slow));
+    stack.start_worker(&env)?;
+    let mut data = examples(8)?;
+    data.truncate(64);
+    let data = stack.upload_examples(&data).await?;
+    let epochs = u32::try_from((outage.as_millis() as u64 + 100_000) / (2 * STEP_MS))?;
+    let long = stack.submit_scratch(&data, epochs, json!({})).await?;
+    stack.wait_checkpoint(&long, 1.0).await?;
+    stack.start_worker(&checkpoints)?;
+    let mut ids = vec![long.clone()];
+    for _ in 0..SHORT_JOBS {
+        ids.push(stack.submit_scratch(&data, 3, json!({})).await?);
+    }
+    // Some short jobs done: the second worker is in the middle of the backlog.
+    stack.wait_succeeded(&ids[2]).await?;
+
+    garage.script("stop").await?;
+    let down_at = Utc::now();
+    tokio::time::sleep(outage).await;
+    for worker in &stack.workers {
+        ensure!(
+            worker.running(),
+            "a worker exited during the outage; log:\n{}",
+            worker.log_text()
+        );
+    }
+    let up_at = Utc::now();
+    garage.script("start").await?;
+
+    let mut jobs = Vec::new();
+    for id in &ids {
+        stack.wait_final(id).await?;
+        jobs.push(stack.job(id).await?);
+    }
+    let long_job = stack.settled(&long).await?;
+    for job in &jobs {
+        ensure!(
+            job["state"] == "succeeded" && count(job, "failed") == 0 && count(job, "released") == 0,
+            "job {} ended {} with {:?}",
+            job["id"],
+            job["state"],
+            crate::common::api::event_types(job)
+        );
+    }
+    let claims_while_down = received_between(&jobs, "claim", (down_at + NOTICE, up_at)).count();
+    ensure!(
+        claims_while_down == 0,
+        "{claims_while_down} claims while S3 was away"
+    );
+    ensure!(
+        count(&long_job, "started") == 1,
+        "the long job started more than once: {:?}",
+        crate::common::api::event_types(&long_job)
+    );
+    let window = (down_at + NOTICE, up_at);
+    let progress = received_between(std::slice::from_ref(&long_job), "progress", window).count();
+    let beats: Vec<Value> =
+        received_between(std::slice::from_ref(&long_job), "heartbeat", window).collect();
+    let naming_upload = beats
+        .iter()
+        .filter(|e| {
+            e["body"]["trouble"]
+                .as_str()
+                .is_some_and(|t| t.contains("resume checkpoint") && t.contains("S3 unreachable"))
+        })
+        .count();
+    let quiet = outage.saturating_sub(NOTICE).as_secs();
+    ensure!(
+        progress as u64 >= quiet / 2,
+        "{progress} progress events of the long job in the {quiet} s of the outage"
+    );
+    ensure!(
+        naming_upload as u64 >= quiet / 2,
+        "{naming_upload} of {} heartbeats during the outage name the failing upload; e.g. {:?}",
+        beats.len(),
+        beats.last()
+    );
+    let later = (up_at, Utc::now());
+    ensure!(
+        received_between(std::slice::from_ref(&long_job), "checkpointed", later).count() >= 1,
+        "no resume checkpoint once S3 was back"
+    );
+    check_committed(&stack, &long_job).await?;
+    let versions = stack.versions().await?;
+    ensure!(
+        versions.len() == ids.len(),
+        "{} versions for {} jobs",
+        versions.len(),
+        ids.len()
+    );
+    eprintln!(
+        "s3 down {outage:?}: {progress} progress events and {naming_upload} heartbeats naming \
+         the upload during it; {} checkpoints of the long job",
+        count(&long_job, "checkpointed")
     );
     stack.finish().await?;
     drop(garage);

@@ -85,6 +85,13 @@ async fn run(
         attempt_id,
         shared.inbox.clone(),
     );
+    if !shared.health.ready(&*shared.store).await {
+        // Taking the job now would only hold it: hand it back before claiming it.
+        info!("S3 is unreachable; handing the job back unclaimed");
+        settled("nack", delivery.nack_requeue().await);
+        shared.attempts.unregister(attempt_id);
+        return;
+    }
     info!(mode = %job.mode, redelivered = delivery.redelivered(), "job received; claiming it");
     let (fence, lease_secs, resume) = match claim(&shared, &reporter, &mut controls).await {
         Claim::Granted {
@@ -128,9 +135,9 @@ async fn run(
     let heartbeat = Heartbeat::start(
         reporter.clone(),
         status.clone(),
+        shared.health.clone(),
         Duration::from_secs(shared.settings.heartbeat_secs),
         Duration::from_secs(lease_secs.max(1)),
-        stop.clone(),
     );
     let outcome = Job {
         shared: &shared,
@@ -173,6 +180,12 @@ async fn run(
             EventKind::Failed {
                 error: reason,
                 error_kind: ErrorKind::Permanent,
+            }
+        }
+        Err(JobError::Outage(reason)) => {
+            warn!(%reason, "S3 or the broker stayed away; handing the job back (not a failure)");
+            EventKind::Released {
+                reason: format!("outage: {reason}"),
             }
         }
         Err(JobError::Transient(reason)) => {

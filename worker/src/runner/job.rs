@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use refit_engine::pipeline::{self, BaseVersion, Start, VersionInfo};
 use refit_engine::trainer::NluModel;
-use refit_proto::data::{Format, TrainingData, parse_bytes};
+use refit_proto::data::{Format, MAX_DATASET_BYTES, TrainingData, parse_bytes};
 use refit_proto::{ArchSpec, DatasetRef, EventKind, JobSpec, Manifest, Metrics, Mode, ResumePoint};
 use tracing::info;
 
@@ -218,7 +218,8 @@ impl Job<'_> {
             .shared
             .retry
             .run("download a dataset", || {
-                store.get_verified(&d.key, &d.sha256)
+                // No larger than a dataset the coordinator accepts at all.
+                store.get_verified_at_most(&d.key, &d.sha256, MAX_DATASET_BYTES as u64)
             })
             .await
             .map_err(JobError::storage(format!(
@@ -259,7 +260,8 @@ impl Job<'_> {
                     arch: arch.clone(),
                     seed: self.job.hyperparams.seed,
                 };
-                blocking(move || pipeline::start(start, &data))
+                let max = self.shared.settings.max_vocab_features;
+                blocking(move || pipeline::start_capped(start, &data, max))
                     .await?
                     .map_err(JobError::engine("cannot build a model for the dataset"))
             }
@@ -280,11 +282,14 @@ impl Job<'_> {
                 })
                 .await?
                 .map_err(JobError::engine(context))?;
-                blocking(move || pipeline::start(Start::Finetune(Box::new(model)), &data))
-                    .await?
-                    .map_err(JobError::engine(format!(
-                        "cannot fine-tune base version {version} on the dataset"
-                    )))
+                let max = self.shared.settings.max_vocab_features;
+                blocking(move || {
+                    pipeline::start_capped(Start::Finetune(Box::new(model)), &data, max)
+                })
+                .await?
+                .map_err(JobError::engine(format!(
+                    "cannot fine-tune base version {version} on the dataset"
+                )))
             }
         }
     }

@@ -23,8 +23,9 @@
 //!    once per second, stops within one step when the attempt is stopped, and every
 //!    `resume_every_epochs` epochs or `resume_every_secs` seconds hands an epoch-boundary
 //!    checkpoint to the job's task, which uploads it under the attempt's prefix and reports it
-//!    (`checkpointed` with the resume point). A failed checkpoint upload is logged with the age
-//!    of the last good one (also in every heartbeat) and training goes on.
+//!    (`checkpointed` with the resume point). Uploads run beside training and never hold it
+//!    up; a failed one is logged, named in the heartbeats (`trouble`), and tried again when S3
+//!    answers, unless a newer checkpoint came meanwhile.
 //! 6. **Evaluate** on `eval_dataset` if the job has one, **export**, **upload** the version's
 //!    files under `models/<m>/v<N>/<attempt>/` (the draft manifest last), and publish
 //!    `succeeded` with them (confirmed). The coordinator commits them as the version if the
@@ -33,8 +34,8 @@
 //! `heartbeat` events go out every `heartbeat_secs` for the whole attempt, with the phase
 //! (`download`, `train`, `evaluate`, `upload`, `checkpoint`) and the resume checkpoint's age; they
 //! renew the lease. An attempt stops when the coordinator revokes its lease (it lapsed while the
-//! worker was cut off, or another attempt took the job over) or when no heartbeat has reached the
-//! broker for a whole lease. Apart from jobs, the worker reports its presence
+//! worker was cut off, or another attempt took the job over); heartbeats that cannot reach the
+//! broker stop nothing (see `report`). Apart from jobs, the worker reports its presence
 //! ([`refit_proto::WorkerStatus`], routing key `worker.<id>.online`) when it starts and every
 //! `presence_secs`, and `worker.<id>.stopping` when a shutdown begins.
 //!
@@ -44,13 +45,23 @@
 //! | --- | --- | --- |
 //! | version uploaded | `succeeded` | commits it (if the attempt holds the lease) |
 //! | bad data, unknown label, corrupt or missing base checkpoint, bad budget | `failed{permanent}` | fails the job |
-//! | S3 or broker still failing after `retry_attempts` tries (backoff with jitter) | `failed{transient}` | queues the job again, counting a failure |
+//! | ONNX Runtime cannot be set up here, or runs out of memory | `failed{transient}` | queues the job again, counting a failure (dead at `max_failures`) |
+//! | S3 or broker still failing after `retry_attempts` tries and `outage_wait_secs` more | `released` | queues the job again, counting nothing |
 //! | `cancel` | `cancelled` | marks the job cancelled |
 //! | SIGTERM / SIGINT | (`checkpointed`), `released` | queues the job again, counting nothing |
 //! | lease revoked or lapsed | none | (has queued the job again already) |
 //! | the worker dies | none | queues the job again when the lease lapses, counting a crash |
 //!
 //! The worker keeps running after any attempt's failure. Test-only fault hooks: `fault`.
+//!
+//! ## Outages (`outage`)
+//!
+//! Every S3 call goes through a store that reports whether S3 answered. While it does not (a
+//! transient failure; probes every few seconds tell when it is back) the job loop pauses its
+//! consumer and a delivery already taken is handed back before its claim, so no job is taken
+//! that could only wait; running attempts train on, and their steps that need S3 wait for it
+//! (`outage_wait_secs`) rather than failing. A broker that goes away stops deliveries by
+//! itself; the consumer subscribes again when it is back.
 //!
 //! ## Shutdown
 //!
@@ -67,13 +78,15 @@
 //! - `train`: the training thread's bridge (progress events, resume-checkpoint uploads)
 //! - `observer`: the engine-side observer of a training run; `report`: events and heartbeats
 //! - `resume`: resume checkpoints under `jobs/<id>/attempts/<attempt>/resume/`; `retry`:
-//!   `JobError` kinds and the in-process retry of transient failures; `fault`: test-only faults
+//!   `JobError` kinds and the in-process retry of transient failures; `outage`: whether S3
+//!   answers, and the probes that tell; `fault`: test-only faults
 
 mod attempt;
 mod delivery;
 mod fault;
 mod job;
 mod observer;
+mod outage;
 mod report;
 mod resume;
 mod retry;
@@ -95,6 +108,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{WorkerConfig, WorkerSettings};
 use attempt::Attempts;
+use outage::{StorageHealth, WatchedStore};
 use retry::Retry;
 
 /// How long one presence message may take to be confirmed.
@@ -105,8 +119,10 @@ const TOPOLOGY_RETRY: Duration = Duration::from_secs(5);
 
 /// What every job task shares.
 pub(crate) struct Shared {
-    /// Datasets and resume checkpoints.
+    /// Datasets and resume checkpoints (calls reported to `health`).
     store: Arc<dyn ObjectStore>,
+    /// Whether S3 answers.
+    health: Arc<StorageHealth>,
     /// Versions (the same store).
     registry: Registry,
     publisher: Arc<Publisher>,
@@ -171,7 +187,9 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         // Not fatal: jobs retry and requeue while the store is away.
         warn!(error = %err, bucket = s3.bucket(), "the S3 bucket is not reachable yet");
     }
-    let store: Arc<dyn ObjectStore> = Arc::new(s3);
+    let health = Arc::new(StorageHealth::new());
+    let raw_store: Arc<dyn ObjectStore> = Arc::new(s3);
+    let store: Arc<dyn ObjectStore> = Arc::new(WatchedStore::new(raw_store, health.clone()));
 
     let broker = Broker::connect(&config.queue).await?;
     declare_or_wait(&broker, &shutdown).await?;
@@ -179,11 +197,12 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     // The inbox exists before any claim names it.
     let (inbox_consumer, inbox) = Consumer::inbox(&broker).await?;
 
-    let (attempts, initial, max) = config.retry_delays();
+    let (attempts, initial, max, patience) = config.retry_delays();
     let (ack_gate, mut ack_requests) = mpsc::unbounded_channel::<oneshot::Sender<()>>();
     let shared = Arc::new(Shared {
         registry: Registry::new(store.clone()),
         store,
+        health,
         publisher,
         worker_id: worker_id.clone(),
         runtime: runtime_options.clone(),
@@ -192,6 +211,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
             attempts,
             initial,
             max,
+            patience,
             shutdown: shutdown.clone(),
         },
         shutdown: shutdown.clone(),
@@ -213,6 +233,15 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         pool.clone(),
         presence_stop.clone(),
     ));
+
+    let storage_stop = CancellationToken::new();
+    let storage_task = tokio::spawn(outage::watch_storage(
+        shared.health.clone(),
+        shared.store.clone(),
+        max,
+        storage_stop.clone(),
+    ));
+    let mut storage = shared.health.subscribe();
 
     let mut jobs = Consumer::jobs(&broker).await?;
     let concurrency = usize::from(config.worker.concurrency.max(1));
@@ -236,6 +265,14 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
                     error!(error = %err, "a job task failed");
                 }
             }
+            Ok(()) = storage.changed() => {
+                // Down: no new job until S3 answers again (what was prefetched goes back).
+                // Back: the next `next` subscribes again.
+                let down = storage.borrow_and_update().is_some();
+                if down && let Err(err) = jobs.pause().await {
+                    warn!(error = %err, "cannot pause the job consumer");
+                }
+            }
             Some(done) = ack_requests.recv() => {
                 if tasks.len() >= concurrency
                     && let Err(err) = jobs.pause().await
@@ -244,7 +281,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
                 }
                 let _ = done.send(());
             }
-            next = jobs.next(), if tasks.len() < concurrency => match next {
+            next = jobs.next(), if tasks.len() < concurrency && !shared.health.is_down() => match next {
                 Some(Ok(delivery)) => {
                     tasks.spawn(delivery::handle(shared.clone(), delivery));
                 }
@@ -298,6 +335,10 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     }
     // Channels closed one by one before the connection: a dropped consumer's channel would close
     // in the background, crossing the connection's close (lapin then logs a connection error).
+    storage_stop.cancel();
+    if let Err(err) = storage_task.await {
+        error!(error = %err, "the storage watch failed");
+    }
     inbox_stop.cancel();
     if let Err(err) = inbox_task.await {
         error!(error = %err, "the inbox task failed");

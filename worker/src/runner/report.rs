@@ -1,7 +1,12 @@
 //! Events of one attempt: [`Reporter`] builds and publishes them (with the attempt's id, its
 //! fencing token once granted, and the worker's inbox as `reply_to`), [`Heartbeat`] sends a
-//! `heartbeat` every few seconds with the current phase and the age of the last resume
-//! checkpoint, and stops the attempt when none has reached the broker for a whole lease.
+//! `heartbeat` every few seconds with the current phase, the age of the last resume checkpoint
+//! and what troubles the attempt (a failing checkpoint upload, S3 unreachable).
+//!
+//! A heartbeat that cannot reach the broker does not stop the attempt: while the broker is away
+//! nobody can take the job over (the coordinator gives every lease one more lease time when it
+//! gets the broker back), and once the broker is back the coordinator answers the next
+//! heartbeat, renewing the lease or revoking it if another attempt took the job meanwhile.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,9 +17,9 @@ use refit_io::queue::{Publisher, QueueError};
 use refit_proto::{AttemptId, Event, EventKind, JobId, WorkerId};
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use tracing::{Instrument, debug, warn};
+use tracing::{Instrument, debug, info, warn};
 
-use super::attempt::{Stop, StopReason};
+use super::outage::StorageHealth;
 
 /// Publishes one attempt's events.
 #[derive(Clone)]
@@ -94,6 +99,7 @@ pub(crate) struct JobStatus(Arc<Mutex<StatusInner>>);
 struct StatusInner {
     phase: &'static str,
     last_checkpoint: Option<Instant>,
+    trouble: Option<String>,
 }
 
 impl JobStatus {
@@ -101,6 +107,7 @@ impl JobStatus {
         Self(Arc::new(Mutex::new(StatusInner {
             phase: "download",
             last_checkpoint: None,
+            trouble: None,
         })))
     }
 
@@ -115,6 +122,14 @@ impl JobStatus {
             .last_checkpoint = Some(Instant::now());
     }
 
+    /// What keeps the attempt from saving its work (`None`: nothing any more).
+    pub(crate) fn set_trouble(&self, trouble: Option<String>) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .trouble = trouble;
+    }
+
     /// The phase and the age of the last resume checkpoint, in seconds.
     pub(crate) fn snapshot(&self) -> (&'static str, Option<f64>) {
         let inner = self.0.lock().unwrap_or_else(PoisonError::into_inner);
@@ -122,6 +137,20 @@ impl JobStatus {
             inner.phase,
             inner.last_checkpoint.map(|t| t.elapsed().as_secs_f64()),
         )
+    }
+
+    /// The attempt's own trouble and the store's, for a heartbeat.
+    pub(crate) fn trouble(&self, health: &StorageHealth) -> Option<String> {
+        let own = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .trouble
+            .clone();
+        match (own, health.describe()) {
+            (Some(own), Some(store)) => Some(format!("{own}; {store}")),
+            (own, store) => own.or(store),
+        }
     }
 }
 
@@ -131,15 +160,14 @@ pub(crate) struct Heartbeat {
 }
 
 impl Heartbeat {
-    /// Every `every`, a `heartbeat` (which renews the lease). When none has reached the broker
-    /// for `lease` (the coordinator has then let the lease go, or will before it hears from us),
-    /// the attempt stops: another attempt may hold the job by now.
+    /// Every `every`, a `heartbeat` (which renews the lease); when none has reached the broker
+    /// for `lease`, a warning (once per stretch).
     pub(crate) fn start(
         reporter: Reporter,
         status: JobStatus,
+        health: Arc<StorageHealth>,
         every: Duration,
         lease: Duration,
-        attempt: Stop,
     ) -> Self {
         let stop = CancellationToken::new();
         let token = stop.clone();
@@ -149,6 +177,7 @@ impl Heartbeat {
                 ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 ticker.tick().await; // the first tick is immediate; `started` says as much
                 let mut last_ok = Instant::now();
+                let mut warned = false;
                 loop {
                     tokio::select! {
                         biased;
@@ -156,23 +185,33 @@ impl Heartbeat {
                         _ = ticker.tick() => {}
                     }
                     let (phase, checkpoint_age_secs) = status.snapshot();
-                    debug!(phase, ?checkpoint_age_secs, "heartbeat");
+                    let trouble = status.trouble(&health);
+                    debug!(phase, ?checkpoint_age_secs, ?trouble, "heartbeat");
                     let sent = reporter
                         .send(EventKind::Heartbeat {
                             phase: phase.to_owned(),
                             checkpoint_age_secs,
+                            trouble,
                         })
                         .await;
                     match sent {
-                        Ok(()) => last_ok = Instant::now(),
+                        Ok(()) => {
+                            if warned {
+                                info!("heartbeats reach the broker again");
+                            }
+                            last_ok = Instant::now();
+                            warned = false;
+                        }
                         Err(error) => {
-                            warn!(%error, "failed to publish a heartbeat");
-                            if last_ok.elapsed() >= lease {
-                                attempt.stop(StopReason::Revoked(format!(
-                                    "no heartbeat reached the broker for {:.0} s (the lease \
-                                     lasts {lease:?})",
-                                    last_ok.elapsed().as_secs_f64()
-                                )));
+                            debug!(%error, "failed to publish a heartbeat");
+                            if last_ok.elapsed() >= lease && !warned {
+                                warn!(
+                                    %error,
+                                    lease_secs = lease.as_secs(),
+                                    "no heartbeat has reached the broker for a lease; going on \
+                                     (the coordinator answers the next one that does)"
+                                );
+                                warned = true;
                             }
                         }
                     }

@@ -1,9 +1,14 @@
 //! The bridge between an attempt and the training thread: training runs on a blocking thread
 //! (`spawn_blocking`) with a [`JobObserver`]; its progress and epoch-boundary checkpoints come
 //! back over a channel, and this side publishes `progress` events and uploads resume
-//! checkpoints (reported in `checkpointed` events) while training goes on.
+//! checkpoints (reported in `checkpointed` events) while training goes on. Neither ever holds
+//! the training thread up: both run beside the channel's loop, one at a time, keeping only the
+//! newest of what waits; a checkpoint whose upload failed (S3 away) is tried again when S3
+//! answers, and the heartbeats name it meanwhile.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use refit_engine::EngineError;
@@ -57,27 +62,65 @@ impl Job<'_> {
             } = observer;
             (model, result, snapshot, pending)
         });
-        let mut written: Vec<ResumePoint> = Vec::new();
-        // Ends when the training thread drops the observer's sender.
-        while let Some(msg) = rx.recv().await {
-            match msg {
-                TrainMsg::Progress(p) => self.progress(p).await,
-                TrainMsg::Checkpoint {
-                    epochs_done,
-                    step,
-                    bytes,
-                } => {
-                    self.upload_resume(&mut written, (epochs_done, step), bytes, &vocab)
-                        .await
+        let written = Mutex::new(Vec::new());
+        // Resume checkpoints go up beside the training loop, one at a time, and never hold it
+        // up: one that arrives meanwhile replaces the one waiting, and one whose upload failed
+        // waits for S3 to answer again (unless a newer one came).
+        let mut waiting: Option<Pending> = None;
+        let mut uploading: Option<Pin<Box<dyn Future<Output = Option<Pending>> + Send + '_>>> =
+            None;
+        let mut storage = self.shared.health.subscribe();
+        // Progress events likewise go out one at a time beside the loop (a broker that is away
+        // makes a publish wait), the newest waiting in `unsent`.
+        let mut unsent: Option<Progress> = None;
+        let mut publishing: Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
+        loop {
+            if uploading.is_none()
+                && !self.shared.health.is_down()
+                && let Some(next) = waiting.take()
+            {
+                uploading = Some(Box::pin(self.upload_resume(&written, next, &vocab)));
+            }
+            if publishing.is_none()
+                && let Some(p) = unsent.take()
+            {
+                publishing = Some(Box::pin(self.progress(p)));
+            }
+            tokio::select! {
+                // Ends when the training thread drops the observer's sender.
+                msg = rx.recv() => match msg {
+                    Some(TrainMsg::Progress(p)) => unsent = Some(p),
+                    Some(TrainMsg::Checkpoint { epochs_done, step, bytes }) => {
+                        waiting = Some(Pending { epochs_done, step, bytes: Bytes::from(bytes) });
+                    }
+                    None => break,
+                },
+                failed = async { uploading.as_mut().expect("the branch's condition").await },
+                    if uploading.is_some() =>
+                {
+                    uploading = None;
+                    if let Some(failed) = failed {
+                        waiting.get_or_insert(failed);
+                    }
                 }
+                () = async { publishing.as_mut().expect("the branch's condition").await },
+                    if publishing.is_some() =>
+                {
+                    publishing = None;
+                }
+                Ok(()) = storage.changed() => {}
             }
         }
+        drop(publishing);
+        // The version is written next (or the latest epoch's checkpoint, on a hand-back): an
+        // unfinished resume checkpoint is moot.
+        drop(uploading);
         let (model, result, snapshot, pending) = handle
             .await
             .map_err(|e| JobError::Permanent(format!("the training thread failed: {e}")))?;
         match result {
             Ok(report) => {
-                if let Some(p) = pending {
+                if let Some(p) = pending.or(unsent) {
                     self.progress(p).await;
                 }
                 info!(
@@ -91,14 +134,19 @@ impl Job<'_> {
             }
             Err(EngineError::Cancelled) => {
                 // Handing back: leave the latest epoch's checkpoint for the next attempt.
+                // (The snapshot is newer than any checkpoint handed to the uploader.)
+                let latest = snapshot
+                    .map(|checkpoint| Pending {
+                        epochs_done: checkpoint.state.epochs_done,
+                        step: checkpoint.state.step,
+                        bytes: Bytes::from(checkpoint.to_bytes()),
+                    })
+                    .or(waiting);
                 if self.stop.reason() == Some(StopReason::HandBack)
-                    && let Some(checkpoint) = snapshot
+                    && let Some(latest) = latest
                 {
                     self.status.set_phase("checkpoint");
-                    let bytes = checkpoint.to_bytes();
-                    let state = &checkpoint.state;
-                    let at = (state.epochs_done, state.step);
-                    self.upload_resume(&mut written, at, bytes, &vocab).await;
+                    self.upload_resume(&written, latest, &vocab).await;
                 }
                 Err(JobError::Stopped)
             }
@@ -120,45 +168,29 @@ impl Job<'_> {
 
     /// Uploads a resume checkpoint under the attempt's prefix, reports it (`checkpointed` with
     /// its resume point), then deletes this attempt's checkpoints older than the last
-    /// [`KEEP_CHECKPOINTS`]. A failed upload is logged and training goes on.
+    /// [`KEEP_CHECKPOINTS`]. A failed upload is logged, named in the heartbeats, and given back.
     async fn upload_resume(
         &self,
-        written: &mut Vec<ResumePoint>,
-        (epochs_done, step): (u64, u64),
-        checkpoint: Vec<u8>,
+        written: &Mutex<Vec<ResumePoint>>,
+        checkpoint: Pending,
         vocab: &Bytes,
-    ) {
+    ) -> Option<Pending> {
         let store = &*self.shared.store;
         let owner = (self.job.id, self.reporter.attempt_id());
+        let Pending {
+            epochs_done, step, ..
+        } = checkpoint;
         let point = resume::write(
             store,
-            &self.shared.retry,
+            &self.shared.retry.impatient(),
             owner,
             (epochs_done, step),
-            Bytes::from(checkpoint),
+            checkpoint.bytes.clone(),
             vocab.clone(),
         )
         .await;
-        match point {
-            Ok(point) => {
-                self.status.checkpointed();
-                info!(epochs_done, step, "resume checkpoint written");
-                let event = EventKind::Checkpointed {
-                    epoch: epochs_done as f64,
-                    step,
-                    resume: Some(point.clone()),
-                };
-                if let Err(error) = self.reporter.send(event).await {
-                    // The coordinator keeps the previous point: keep its files too.
-                    warn!(%error, "failed to report a resume checkpoint");
-                    return;
-                }
-                written.push(point);
-                if written.len() > KEEP_CHECKPOINTS {
-                    written.remove(0);
-                    resume::prune(store, owner, written).await;
-                }
-            }
+        let point = match point {
+            Ok(point) => point,
             Err(err) => {
                 let (_, age) = self.status.snapshot();
                 warn!(
@@ -167,7 +199,42 @@ impl Job<'_> {
                     last_checkpoint_age_secs = ?age,
                     "failed to write a resume checkpoint; training goes on"
                 );
+                self.status.set_trouble(Some(format!(
+                    "the resume checkpoint after epoch {epochs_done} cannot be uploaded: {err}"
+                )));
+                return Some(checkpoint);
             }
+        };
+        self.status.checkpointed();
+        self.status.set_trouble(None);
+        info!(epochs_done, step, "resume checkpoint written");
+        let event = EventKind::Checkpointed {
+            epoch: epochs_done as f64,
+            step,
+            resume: Some(point.clone()),
+        };
+        if let Err(error) = self.reporter.send(event).await {
+            // The coordinator keeps the previous point: keep its files too.
+            warn!(%error, "failed to report a resume checkpoint");
+            return None;
         }
+        let keep = {
+            let mut written = written.lock().unwrap_or_else(PoisonError::into_inner);
+            written.push(point);
+            if written.len() <= KEEP_CHECKPOINTS {
+                return None;
+            }
+            written.remove(0);
+            written.clone()
+        };
+        resume::prune(store, owner, &keep).await;
+        None
     }
+}
+
+/// A resume checkpoint not uploaded yet.
+struct Pending {
+    epochs_done: u64,
+    step: u64,
+    bytes: Bytes,
 }
