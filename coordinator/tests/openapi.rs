@@ -434,7 +434,12 @@ fn all_but<'a>(sample: &'a Value, except: &[&str]) -> Vec<&'a str> {
 fn schemas_list_exactly_the_fields_the_wire_types_send() {
     let spec = spec();
     let job = to_json(&full_job());
-    check_schema(&spec, "JobView", &job, &all_but(&job, &["events", "more_events"]));
+    check_schema(
+        &spec,
+        "JobView",
+        &job,
+        &all_but(&job, &["events", "more_events"]),
+    );
     let progress = &job["progress"];
     check_schema(&spec, "ProgressView", progress, &all_but(progress, &[]));
     let event = &job["events"][0];

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use crate::common::api::{metric, random_hex};
 use crate::common::cluster::ClusterOptions;
 use crate::common::jobs::events;
+use crate::common::proc::run_script;
 use crate::common::stack::{Options, Stack};
 use crate::common::wait::{done_if, wait_until};
 use crate::common::{examples, repo};
@@ -62,16 +63,8 @@ impl PrivateRabbit {
 
     /// Runs `deploy/rabbitmq-cluster.sh ARGS` for this cluster (off the async threads).
     pub async fn script(&self, args: &[&str]) -> Result<String> {
-        let mut command = self.command(args);
-        let what = args.join(" ");
-        let output = tokio::task::spawn_blocking(move || command.output()).await??;
-        ensure!(
-            output.status.success(),
-            "deploy/rabbitmq-cluster.sh {what} failed ({}):\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        let what = format!("deploy/rabbitmq-cluster.sh {}", args.join(" "));
+        run_script(self.command(args), &what).await
     }
 
     /// `rabbitmqctl ARGS` against node `i` (from 1).
@@ -125,6 +118,52 @@ fn free_base(nodes: usize) -> Result<u16> {
     anyhow::bail!("no free port range for a private RabbitMQ")
 }
 
+/// A stack on `rabbit` (the coordinator reading queue depths from node `management_node`, every
+/// service given `failover_hosts`), two workers whose steps take 100 ms (2 an epoch, a resume
+/// checkpoint every 5 s), and `jobs` jobs of `epochs` epochs submitted: the stack, the dataset
+/// and the job ids.
+async fn busy_stack(
+    name: &str,
+    rabbit: &PrivateRabbit,
+    management_node: usize,
+    failover_hosts: Vec<String>,
+    jobs: usize,
+    epochs: u32,
+) -> Result<(Stack, Value, Vec<String>)> {
+    let mut stack = Stack::with(
+        name,
+        Options {
+            cluster: ClusterOptions {
+                amqp_url: Some(rabbit.url(1)),
+                failover_hosts,
+                ..ClusterOptions::default()
+            },
+            lease_secs: Some(10),
+            ..Options::default()
+        },
+    )
+    .await?;
+    let management = rabbit.management_url(management_node);
+    stack
+        .start_coordinator(&[("REFIT__COORDINATOR__MANAGEMENT_URL", &management)])
+        .await?;
+    let env = [
+        ("REFIT_FAULT", "slow-step=100"),
+        ("REFIT__WORKER__RESUME_EVERY_EPOCHS", "0"),
+        ("REFIT__WORKER__RESUME_EVERY_SECS", "5"),
+    ];
+    stack.start_worker(&env)?;
+    stack.start_worker(&env)?;
+    let mut data = examples(8)?;
+    data.truncate(64);
+    let data = stack.upload_examples(&data).await?;
+    let mut ids = Vec::new();
+    for _ in 0..jobs {
+        ids.push(stack.submit_scratch(&data, epochs, json!({})).await?);
+    }
+    Ok((stack, data, ids))
+}
+
 /// A random whole number of seconds in `5..=30`.
 fn pause() -> Duration {
     Duration::from_secs(rand::rng().random_range(5..=30))
@@ -150,37 +189,8 @@ async fn five_broker_restarts_during_jobs_lose_nothing_and_cancels_work_after() 
     const RESTARTS: usize = 5;
     const JOBS: usize = 10;
     let rabbit = PrivateRabbit::start(1).await?;
-    let mut stack = Stack::with(
-        "brestart",
-        Options {
-            cluster: ClusterOptions {
-                amqp_url: Some(rabbit.url(1)),
-                ..ClusterOptions::default()
-            },
-            lease_secs: Some(10),
-            ..Options::default()
-        },
-    )
-    .await?;
-    let management = rabbit.management_url(1);
-    stack
-        .start_coordinator(&[("REFIT__COORDINATOR__MANAGEMENT_URL", &management)])
-        .await?;
-    // Jobs of about 30 s each (2 steps an epoch of 100 ms), checkpointed every 5 s.
-    let env = [
-        ("REFIT_FAULT", "slow-step=100"),
-        ("REFIT__WORKER__RESUME_EVERY_EPOCHS", "0"),
-        ("REFIT__WORKER__RESUME_EVERY_SECS", "5"),
-    ];
-    stack.start_worker(&env)?;
-    stack.start_worker(&env)?;
-    let mut data = examples(8)?;
-    data.truncate(64);
-    let data = stack.upload_examples(&data).await?;
-    let mut ids = Vec::new();
-    for _ in 0..JOBS {
-        ids.push(stack.submit_scratch(&data, 150, json!({})).await?);
-    }
+    // Jobs of about 30 s each.
+    let (stack, data, mut ids) = busy_stack("brestart", &rabbit, 1, Vec::new(), JOBS, 150).await?;
     stack
         .wait_event(&ids[0], "the first job training", |e| {
             e["type"] == "progress"
@@ -221,34 +231,15 @@ async fn five_broker_restarts_during_jobs_lose_nothing_and_cancels_work_after() 
         let up = pause();
         eprintln!("broker restart {restart}: away {down:?}, then up for {up:?}");
         tokio::time::sleep(up).await;
-        for worker in &stack.workers {
-            ensure!(
-                worker.running(),
-                "a worker exited after restart {restart}; log:\n{}",
-                worker.log_text()
-            );
-        }
+        stack.check_workers_running(&format!("after restart {restart}"))?;
     }
 
-    let mut failures = 0;
-    for id in &ids {
-        let job = stack.wait_final(id).await?;
-        ensure!(
-            job["state"] == "succeeded",
-            "job {id} ended {}: {}\n{}",
-            job["state"],
-            job["error"],
-            stack.logs_tail()
-        );
-        failures += job["failures"].as_u64().unwrap_or(0);
-    }
-    let versions = stack.versions().await?;
-    ensure!(
-        versions.len() == ids.len(),
-        "{} versions for {} jobs",
-        versions.len(),
-        ids.len()
-    );
+    let failures: u64 = stack
+        .all_succeeded(&ids)
+        .await?
+        .iter()
+        .map(|job| job["failures"].as_u64().unwrap_or(0))
+        .sum();
 
     // Cancels still reach the workers.
     let long = stack.submit_scratch(&data, 3000, json!({})).await?;
@@ -307,38 +298,8 @@ async fn losing_the_node_that_leads_the_job_queue_loses_no_job() -> Result<()> {
             format!("127.0.0.1:{}", url.port().expect("a port"))
         })
         .collect();
-    let mut stack = Stack::with(
-        "bnodeloss",
-        Options {
-            cluster: ClusterOptions {
-                amqp_url: Some(rabbit.url(1)),
-                failover_hosts: hosts,
-                ..ClusterOptions::default()
-            },
-            lease_secs: Some(10),
-            ..Options::default()
-        },
-    )
-    .await?;
-    let management = rabbit.management_url(2);
-    stack
-        .start_coordinator(&[("REFIT__COORDINATOR__MANAGEMENT_URL", &management)])
-        .await?;
-    let env = [
-        ("REFIT_FAULT", "slow-step=100"),
-        ("REFIT__WORKER__RESUME_EVERY_EPOCHS", "0"),
-        ("REFIT__WORKER__RESUME_EVERY_SECS", "5"),
-    ];
-    stack.start_worker(&env)?;
-    stack.start_worker(&env)?;
-    let mut data = examples(8)?;
-    data.truncate(64);
-    let data = stack.upload_examples(&data).await?;
-    let mut ids = Vec::new();
-    for _ in 0..JOBS {
-        // About 10 s each.
-        ids.push(stack.submit_scratch(&data, 50, json!({})).await?);
-    }
+    // Jobs of about 10 s each.
+    let (stack, _, ids) = busy_stack("bnodeloss", &rabbit, 2, hosts, JOBS, 50).await?;
     stack.wait_succeeded(&ids[1]).await?;
     let queue = stack.job_queue();
     let leader = leader_of(&rabbit, 2, &queue).await?;
@@ -354,26 +315,8 @@ async fn losing_the_node_that_leads_the_job_queue_loses_no_job() -> Result<()> {
     )
     .await?;
 
-    for id in &ids {
-        let job = stack.wait_final(id).await?;
-        ensure!(
-            job["state"] == "succeeded",
-            "job {id} ended {}: {}\n{}",
-            job["state"],
-            job["error"],
-            stack.logs_tail()
-        );
-    }
-    let versions = stack.versions().await?;
-    ensure!(
-        versions.len() == ids.len(),
-        "{} versions for {} jobs",
-        versions.len(),
-        ids.len()
-    );
-    for worker in &stack.workers {
-        ensure!(worker.running(), "a worker exited:\n{}", worker.log_text());
-    }
+    stack.all_succeeded(&ids).await?;
+    stack.check_workers_running("after the node loss")?;
     eprintln!(
         "node loss: stopped node {leader} (the leader of {queue}); the new leader is node \
          {new_leader}; {JOBS} jobs succeeded"

@@ -113,7 +113,8 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
 
-    /// Higher runs first (0 to 255) [default: 0].
+    /// 0 to 255, recorded with the job; not yet honoured (jobs run in submission order: the
+    /// broker's quorum queues ignore priorities before RabbitMQ 4.0) [default: 0].
     #[arg(long, value_name = "N")]
     priority: Option<u8>,
 

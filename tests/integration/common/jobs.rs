@@ -157,6 +157,43 @@ impl Stack {
         self.job(id).await
     }
 
+    /// Waits for every job of `ids` to end, checks each `succeeded` and that the model has
+    /// one version per job; their views, in order.
+    pub async fn all_succeeded(&self, ids: &[String]) -> Result<Vec<Value>> {
+        let mut jobs = Vec::new();
+        for id in ids {
+            let job = self.wait_final(id).await?;
+            ensure!(
+                job["state"] == "succeeded",
+                "job {id} ended {}: {}\n{}",
+                job["state"],
+                job["error"],
+                self.logs_tail()
+            );
+            jobs.push(job);
+        }
+        let versions = self.versions().await?;
+        ensure!(
+            versions.len() == ids.len(),
+            "{} versions for {} jobs",
+            versions.len(),
+            ids.len()
+        );
+        Ok(jobs)
+    }
+
+    /// Fails, with its log, if a worker has exited (`when` says at which point of the test).
+    pub fn check_workers_running(&self, when: &str) -> Result<()> {
+        for worker in &self.workers {
+            ensure!(
+                worker.running(),
+                "a worker exited {when}; log:\n{}",
+                worker.log_text()
+            );
+        }
+        Ok(())
+    }
+
     /// Waits until the job's events show a `claim` from worker `worker` answered `granted`.
     pub async fn wait_granted(&self, id: &str, worker: &str) -> Result<Value> {
         self.wait_event(id, &format!("a lease granted to {worker}"), |e| {

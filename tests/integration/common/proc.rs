@@ -11,6 +11,19 @@ use anyhow::{Context, Result, ensure};
 
 use super::wait::{Waiting, wait_until};
 
+/// Runs a setup script to its end (off the async threads); its stdout, or an error with its
+/// stderr, naming it as `what`.
+pub async fn run_script(mut command: Command, what: &str) -> Result<String> {
+    let output = tokio::task::spawn_blocking(move || command.output()).await??;
+    ensure!(
+        output.status.success(),
+        "{what} failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// How long a process gets to exit after SIGTERM.
 const STOP_WITHIN: Duration = Duration::from_secs(90);
 

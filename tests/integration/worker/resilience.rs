@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 use crate::common::cluster::ClusterOptions;
 use crate::common::jobs::{EVERY_EPOCH, check_committed, events, started_from};
+use crate::common::proc::run_script;
 use crate::common::stack::{Options, Stack};
 use crate::common::{credentials_in, env_or, examples, repo};
 
@@ -51,6 +52,23 @@ struct PrivateGarage {
 }
 
 impl PrivateGarage {
+    /// A stack named `name` whose store is this Garage, its coordinator started.
+    async fn stack(&self, name: &str) -> Result<Stack> {
+        let mut stack = Stack::with(
+            name,
+            Options {
+                cluster: ClusterOptions {
+                    s3: Some(self.s3_config()?),
+                    ..ClusterOptions::default()
+                },
+                ..Options::default()
+            },
+        )
+        .await?;
+        stack.start_coordinator(&[]).await?;
+        Ok(stack)
+    }
+
     async fn start() -> Result<Self> {
         let [s3_port, rpc_port, admin_port] = free_ports::<3>()?;
         let garage = Self {
@@ -79,14 +97,7 @@ impl PrivateGarage {
 
     /// Runs `deploy/s3-server.sh <arg>` for this instance (off the async threads).
     async fn script(&self, arg: &str) -> Result<()> {
-        let mut command = self.command(arg);
-        let output = tokio::task::spawn_blocking(move || command.output()).await??;
-        ensure!(
-            output.status.success(),
-            "deploy/s3-server.sh {arg} failed ({}):\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
+        run_script(self.command(arg), &format!("deploy/s3-server.sh {arg}")).await?;
         Ok(())
     }
 
@@ -127,18 +138,7 @@ fn received(event: &Value) -> Option<DateTime<Utc>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_rides_out_a_20s_s3_outage() -> Result<()> {
     let garage = PrivateGarage::start().await?;
-    let mut stack = Stack::with(
-        "ws3down",
-        Options {
-            cluster: ClusterOptions {
-                s3: Some(garage.s3_config()?),
-                ..ClusterOptions::default()
-            },
-            ..Options::default()
-        },
-    )
-    .await?;
-    stack.start_coordinator(&[]).await?;
+    let mut stack = garage.stack("ws3down").await?;
     // The test settings retry every ≤ 1 s; 60 tries ride out 20 s (plus Garage's restart) within
     // the job's attempt, with no hand-back.
     stack.start_worker(&[EVERY_EPOCH, ("REFIT__WORKER__RETRY_ATTEMPTS", "60")])?;
@@ -233,18 +233,7 @@ async fn twenty_jobs_and_two_workers_ride_out_s3_down_for_five_minutes() -> Resu
     const NOTICE: Duration = Duration::from_secs(15);
     let outage = long_outage();
     let garage = PrivateGarage::start().await?;
-    let mut stack = Stack::with(
-        "ws3long",
-        Options {
-            cluster: ClusterOptions {
-                s3: Some(garage.s3_config()?),
-                ..ClusterOptions::default()
-            },
-            ..Options::default()
-        },
-    )
-    .await?;
-    stack.start_coordinator(&[]).await?;
+    let mut stack = garage.stack("ws3long").await?;
     // The long job: 2 steps an epoch of STEP_MS each, lasting the outage and 100 s more; a
     // resume checkpoint every 5 s.
     let slow = format!("slow-step={STEP_MS}");
@@ -272,25 +261,15 @@ async fn twenty_jobs_and_two_workers_ride_out_s3_down_for_five_minutes() -> Resu
     garage.script("stop").await?;
     let down_at = Utc::now();
     tokio::time::sleep(outage).await;
-    for worker in &stack.workers {
-        ensure!(
-            worker.running(),
-            "a worker exited during the outage; log:\n{}",
-            worker.log_text()
-        );
-    }
+    stack.check_workers_running("during the outage")?;
     let up_at = Utc::now();
     garage.script("start").await?;
 
-    let mut jobs = Vec::new();
-    for id in &ids {
-        stack.wait_final(id).await?;
-        jobs.push(stack.job(id).await?);
-    }
+    let jobs = stack.all_succeeded(&ids).await?;
     let long_job = stack.settled(&long).await?;
     for job in &jobs {
         ensure!(
-            job["state"] == "succeeded" && count(job, "failed") == 0 && count(job, "released") == 0,
+            count(job, "failed") == 0 && count(job, "released") == 0,
             "job {} ended {} with {:?}",
             job["id"],
             job["state"],
@@ -336,13 +315,6 @@ async fn twenty_jobs_and_two_workers_ride_out_s3_down_for_five_minutes() -> Resu
         "no resume checkpoint once S3 was back"
     );
     check_committed(&stack, &long_job).await?;
-    let versions = stack.versions().await?;
-    ensure!(
-        versions.len() == ids.len(),
-        "{} versions for {} jobs",
-        versions.len(),
-        ids.len()
-    );
     eprintln!(
         "s3 down {outage:?}: {progress} progress events and {naming_upload} heartbeats naming \
          the upload during it; {} checkpoints of the long job",

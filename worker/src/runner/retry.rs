@@ -208,6 +208,16 @@ mod tests {
         }
     }
 
+    /// The store is away.
+    fn down() -> StorageError {
+        StorageError::Transient {
+            op: "get",
+            key: "k".into(),
+            detail: "down".into(),
+            source: None,
+        }
+    }
+
     #[test]
     fn delays_grow_and_are_capped() {
         let r = retry(10);
@@ -229,12 +239,7 @@ mod tests {
         let result: Result<(), StorageError> = fast
             .run("get", || async {
                 calls.fetch_add(1, Ordering::SeqCst);
-                Err(StorageError::Transient {
-                    op: "get",
-                    key: "k".into(),
-                    detail: "down".into(),
-                    source: None,
-                })
+                Err(down())
             })
             .await;
         assert!(result.is_err());
@@ -264,12 +269,7 @@ mod tests {
         let result: Result<(), StorageError> = patient
             .run("get", || async {
                 calls.fetch_add(1, Ordering::SeqCst);
-                Err(StorageError::Transient {
-                    op: "get",
-                    key: "k".into(),
-                    detail: "down".into(),
-                    source: None,
-                })
+                Err(down())
             })
             .await;
         assert!(result.is_err());
@@ -284,12 +284,7 @@ mod tests {
             .impatient()
             .run("get", || async {
                 calls.fetch_add(1, Ordering::SeqCst);
-                Err::<(), _>(StorageError::Transient {
-                    op: "get",
-                    key: "k".into(),
-                    detail: "down".into(),
-                    source: None,
-                })
+                Err::<(), _>(down())
             })
             .await;
         assert_eq!(calls.load(Ordering::SeqCst), 2);
