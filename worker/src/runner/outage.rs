@@ -284,4 +284,27 @@ mod tests {
         assert!(changes.has_changed().unwrap());
         assert!(health.ready(&store).await);
     }
+
+    #[tokio::test]
+    async fn the_watch_probes_during_an_outage_until_the_store_answers() {
+        let health = Arc::new(StorageHealth::new());
+        health.observe::<()>(&Err(transient()));
+        let mut changes = health.subscribe();
+        changes.borrow_and_update();
+        let stop = CancellationToken::new();
+        let watch = tokio::spawn(watch_storage(
+            health.clone(),
+            Arc::new(MemoryStore::new()),
+            Duration::from_millis(10),
+            stop.clone(),
+        ));
+        // The first probe comes after a second; the store answers it.
+        tokio::time::timeout(Duration::from_secs(5), changes.changed())
+            .await
+            .expect("the outage ends within the first probe")
+            .unwrap();
+        assert!(!health.is_down());
+        stop.cancel();
+        watch.await.unwrap();
+    }
 }
