@@ -30,7 +30,8 @@
 #   worker       configure ^amq\.gen-.*$ (its own server-named inbox)
 #                write     ^<P>\.events$ (events and presence only; topic permission on
 #                          <P>.events: routing keys job.* and worker.* only)
-#                read      ^(<P>\.jobs\.(?!dead$)[^.]+|amq\.gen-.*)$ (the job queues and inboxes)
+#                read      ^(<P>\.jobs\.(?!dead(\.|$))[^.]+(\.high)?|amq\.gen-.*)$ (the job queues, their
+#                          priority queues and inboxes)
 #
 # so a worker can neither publish a job, nor read the coordinator's queues or the dead letters,
 # nor send anything to another worker's inbox (it may not write to the default exchange; an inbox
@@ -165,7 +166,7 @@ create_users() {
   put_user "$worker" "$(password_for "$worker" "${REFIT_RABBITMQ_WORKER_PASSWORD:-}")"
   as_root rabbitmqctl -q set_user_tags "$worker" >/dev/null
   as_root rabbitmqctl -q set_permissions -p "$vhost" "$worker" \
-    '^amq\.gen-.*$' "^$p\\.events\$" "^($p\\.jobs\\.(?!dead\$)[^.]+|amq\\.gen-.*)\$" >/dev/null
+    '^amq\.gen-.*$' "^$p\\.events\$" "^($p\\.jobs\\.(?!dead(\\.|\$))[^.]+(\\.high)?|amq\\.gen-.*)\$" >/dev/null
   as_root rabbitmqctl -q set_topic_permissions -p "$vhost" "$worker" "$prefix.events" \
     '^(job|worker)\.' '^$' >/dev/null
   local path="${vhost//\//%2f}"

@@ -122,7 +122,8 @@ pub struct JobSpec {
     pub eval_dataset: Option<DatasetRef>,
     /// Training hyperparameters.
     pub hyperparams: Hyperparams,
-    /// Higher runs first where the queue supports priorities. Default 0.
+    /// Above 0: the job is published to its pool's priority queue, which workers drain before
+    /// the other (`refit_io::queue::Topology::job_queues_for`). Default 0.
     #[serde(default)]
     pub priority: u8,
     /// When it was submitted.

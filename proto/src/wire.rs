@@ -58,8 +58,8 @@ pub struct SubmitRequest {
     /// Seed for initialisation, shuffling and dropout.
     #[serde(default)]
     pub seed: Option<u64>,
-    /// Recorded with the job and sent as the message priority; not yet honoured (quorum queues
-    /// ignore message priorities before RabbitMQ 4.0). Default 0.
+    /// Above 0, the job goes to its pool's priority queue, which workers drain first (two
+    /// classes: 0 and above 0). Default 0.
     #[serde(default)]
     pub priority: Option<u8>,
     /// The worker pool. Default: the coordinator's `queue.pool`.

@@ -113,8 +113,8 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
 
-    /// 0 to 255, recorded with the job; not yet honoured (jobs run in submission order: the
-    /// broker's quorum queues ignore priorities before RabbitMQ 4.0) [default: 0].
+    /// 0 to 255: above 0, the job runs before every job of priority 0 waiting in its pool (it
+    /// goes to the pool's priority queue, which workers drain first) [default: 0].
     #[arg(long, value_name = "N")]
     priority: Option<u8>,
 

@@ -131,11 +131,14 @@ pub(super) async fn run_lost_sweep(app: App, shutdown: CancellationToken) {
         for (pool, ids) in by_pool {
             let queued = match app.queues.snapshot(&app, std::slice::from_ref(&pool)).await {
                 Ok(views) => {
-                    let name = app.broker.topology().job_queue_for(&pool);
-                    views
+                    // The pool's job queue and its priority queue.
+                    let names = app.broker.topology().job_queues_for(&pool);
+                    let held: u64 = views
                         .iter()
-                        .find(|q| q.name == name)
+                        .filter(|q| names.contains(&q.name))
                         .map(|q| q.ready + q.unacked.unwrap_or(0))
+                        .sum();
+                    Some(held)
                 }
                 Err(error) => {
                     debug!(%error, %pool, "cannot read the job queue's depth");

@@ -111,7 +111,13 @@ impl QueueStats {
     /// could not be asked (no credentials in it).
     pub async fn snapshot(&self, app: &App, pools: &[String]) -> Result<Vec<QueueView>, String> {
         let topology = app.broker.topology();
-        let mut names: Vec<String> = pools.iter().map(|p| topology.job_queue_for(p)).collect();
+        let mut names: Vec<String> = pools
+            .iter()
+            .flat_map(|p| {
+                let [high, normal] = topology.job_queues_for(p);
+                [normal, high]
+            })
+            .collect();
         names.push(topology.dead_letter_queue());
         names.push(topology.coordinator_events_queue());
         names.dedup();

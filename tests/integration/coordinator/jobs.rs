@@ -382,3 +382,59 @@ async fn a_published_job_whose_message_is_lost_is_published_again() -> Result<()
     ensure!(stack.versions().await? == [1]);
     stack.finish().await
 }
+
+/// When the coordinator granted the job's lease first.
+fn first_grant(job: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    crate::common::jobs::events(job)
+        .iter()
+        .find(|e| e["type"] == "claim" && e["body"]["granted"] == true)
+        .and_then(|e| e["received_at"].as_str()?.parse().ok())
+}
+
+/// Priorities: with the only worker busy, a job of priority above 0 submitted after ten of
+/// priority 0 runs next (its pool's priority queue is drained first), and the ten follow in
+/// the order they were submitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_priority_job_submitted_after_ten_others_runs_next() -> Result<()> {
+    let mut stack = Stack::new("prio").await?;
+    stack.start_coordinator(&[]).await?;
+    stack.start_worker(&[("REFIT_FAULT", "slow-step=100")])?;
+    let data = stack.upload_examples(&examples(2)?).await?;
+    let busy = stack.submit_scratch(&data, 60, json!({})).await?;
+    stack
+        .wait_event(&busy, "the first job training", |e| e["type"] == "started")
+        .await?;
+    let mut normal = Vec::new();
+    for _ in 0..10 {
+        normal.push(stack.submit_scratch(&data, 1, json!({})).await?);
+    }
+    for id in &normal {
+        stack
+            .wait_job(id, "the job published", |job| job["published"] == true)
+            .await?;
+    }
+    let urgent = stack
+        .submit_scratch(&data, 1, json!({"priority": 5}))
+        .await?;
+    ensure!(
+        stack.job(&busy).await?["state"] == "running",
+        "the first job ended before the others were queued: make it longer"
+    );
+    let mut all = vec![busy.clone(), urgent.clone()];
+    all.extend(normal.iter().cloned());
+    let jobs = stack.all_succeeded(&all).await?;
+    let grants: Vec<chrono::DateTime<chrono::Utc>> = jobs
+        .iter()
+        .map(|job| first_grant(job).context("a job without a granted claim"))
+        .collect::<Result<_>>()?;
+    let (urgent_at, normal_at) = (&grants[1], &grants[2..]);
+    ensure!(
+        normal_at.iter().all(|at| at > urgent_at),
+        "the priority job was granted at {urgent_at}, after a job of priority 0: {normal_at:?}"
+    );
+    ensure!(
+        normal_at.windows(2).all(|w| w[0] < w[1]),
+        "the jobs of priority 0 did not run in submission order: {normal_at:?}"
+    );
+    stack.finish().await
+}

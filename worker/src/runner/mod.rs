@@ -1,4 +1,5 @@
-//! The worker service's job loop: consume `<prefix>.jobs.<pool>`, claim each job's lease from the
+//! The worker service's job loop: take jobs from `<prefix>.jobs.<pool>.high`, then
+//! `<prefix>.jobs.<pool>` (priorities), claim each job's lease from the
 //! coordinator, train, upload the version's files, report. [`run`] is the entry point;
 //! `refit-worker`'s `main` only parses arguments, loads the config and wires SIGINT/SIGTERM to
 //! the token it passes.

@@ -2,8 +2,8 @@
 
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    BasicRejectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
+    BasicQosOptions, BasicRejectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, Channel};
@@ -32,6 +32,13 @@ enum Source {
 
 /// A subscription to one queue with manual acknowledgement and `basic.qos(prefetch)`.
 ///
+/// A pool's jobs come from two queues, its priority queue first
+/// ([`Topology::job_queues_for`]), one job at a time: [`Consumer::next`] takes a waiting job
+/// with `basic.get` from the priority queue, else from the other; only when both are empty does
+/// it subscribe to both and wait, and it cancels that subscription as soon as a job arrives. So
+/// a worker that frees a slot takes the oldest job of the highest class, and it holds no
+/// prefetched job it cannot run.
+///
 /// When the connection drops, [`Consumer::next`] subscribes again on the next connection (it
 /// logs a warning and keeps waiting while the broker is away), so a worker loop needs no
 /// reconnection code. Deliveries taken before the drop can no longer be acked
@@ -48,6 +55,15 @@ pub struct Consumer {
     source: Source,
     prefetch: u16,
     queue: String,
+    /// The queues subscribed to, in the order they are drained (a job consumer's priority
+    /// queue first; otherwise `queue` alone).
+    queues: Vec<String>,
+    /// The channel a job consumer's `basic.get`s run on (its deliveries hold it).
+    puller: Option<Channel>,
+    /// A job consumer's delivery taken while its subscription is being cancelled: kept here so
+    /// that a `next` dropped half-way (it races other work in a `select!`) loses nothing; the
+    /// next call returns it.
+    ready: Option<Delivery>,
     /// For an inbox: tells the current queue name (it changes with every connection).
     inbox_name: Option<watch::Sender<String>>,
     active: Option<Active>,
@@ -63,15 +79,16 @@ pub struct Consumer {
 
 struct Active {
     channel: Channel,
-    stream: lapin::Consumer,
+    /// One per queue of `Consumer::queues`, in that order.
+    streams: Vec<lapin::Consumer>,
 }
 
 impl Consumer {
-    /// Consumes this pool's job queue `<prefix>.jobs.<pool>` with `prefetch` from the config.
-    /// Declares the topology first (and again on every resubscription).
+    /// Takes this pool's jobs, one per [`Consumer::next`], from `<prefix>.jobs.<pool>.high`
+    /// first, then `<prefix>.jobs.<pool>` (see the type's docs). Declares the topology first
+    /// (and again on every subscription).
     pub async fn jobs(broker: &Broker) -> Result<Self, QueueError> {
-        let prefetch = broker.config().prefetch;
-        Self::start(broker, Source::Jobs, prefetch).await
+        Self::start(broker, Source::Jobs, 1).await
     }
 
     /// Consumes the coordinator's events queue `<prefix>.events.coordinator`, declaring it, once
@@ -105,6 +122,10 @@ impl Consumer {
 
     fn new(broker: &Broker, source: Source, prefetch: u16) -> Self {
         let topology = broker.topology();
+        let queues = match source {
+            Source::Jobs => topology.job_queues_for(topology.pool()).to_vec(),
+            _ => Vec::new(),
+        };
         let queue = match source {
             Source::Jobs => topology.job_queue(),
             Source::Events => topology.coordinator_events_queue(),
@@ -117,6 +138,9 @@ impl Consumer {
             source,
             prefetch,
             queue,
+            queues,
+            puller: None,
+            ready: None,
             inbox_name: None,
             active: None,
             opening: None,
@@ -129,6 +153,51 @@ impl Consumer {
         let mut consumer = Self::new(broker, source, prefetch);
         consumer.active = Some(consumer.subscribe().await?);
         Ok(consumer)
+    }
+
+    /// A job consumer takes one delivery at a time (the type's docs).
+    fn takes_one(&self) -> bool {
+        self.source == Source::Jobs
+    }
+
+    /// A waiting job, by `basic.get`, from the first of `queues` that holds one. Any failure
+    /// (a closed channel, a queue not declared yet) reads as "none": the subscription that
+    /// follows declares the queues and reports what is wrong.
+    async fn pull(&mut self) -> Option<Delivery> {
+        let channel = match &self.puller {
+            Some(channel) if channel.status().connected() => channel.clone(),
+            _ => {
+                let channel = self.broker.channel().await.ok()?;
+                self.puller = Some(channel.clone());
+                channel
+            }
+        };
+        for queue in &self.queues {
+            match channel
+                .basic_get(queue.as_str().into(), BasicGetOptions::default())
+                .await
+            {
+                Ok(Some(message)) => return Some(Delivery::new(message.delivery, channel, false)),
+                Ok(None) => {}
+                Err(error) => {
+                    debug!(%error, %queue, "basic.get failed; subscribing instead");
+                    self.puller = None;
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    /// Cancels the subscription of a consumer that takes one delivery at a time once it has its
+    /// delivery: what else arrived meanwhile goes back to its queue. The subscription's channel
+    /// is closed when the delivery handed out is settled.
+    async fn release(&mut self) {
+        if let Err(error) = self.cancel().await {
+            debug!(%error, queue = %self.queue, "cancelling a job subscription failed");
+        }
+        self.cancelled = false;
+        self.active = None;
     }
 
     /// The queue consumed (for an inbox, the current server-named queue).
@@ -146,10 +215,23 @@ impl Consumer {
             if self.cancelled {
                 return None;
             }
+            if self.ready.is_some() {
+                if self.active.is_some() {
+                    self.release().await;
+                }
+                return self.ready.take().map(Ok);
+            }
             let Some(active) = self.active.as_mut() else {
+                if self.takes_one()
+                    && let Some(delivery) = self.pull().await
+                {
+                    self.paused = false;
+                    return Some(Ok(delivery));
+                }
                 match self.subscribe().await {
                     Ok(active) => {
-                        if std::mem::take(&mut self.paused) {
+                        // A job consumer subscribes for every job it waits for.
+                        if std::mem::take(&mut self.paused) || self.takes_one() {
                             debug!(queue = %self.queue, "consuming again after a pause");
                         } else {
                             info!(queue = %self.queue, "subscribed again after losing the consumer");
@@ -171,9 +253,16 @@ impl Consumer {
                 }
                 continue;
             };
-            match active.stream.next().await {
+            match next_of(&mut active.streams).await {
                 Some(Ok(delivery)) => {
-                    return Some(Ok(Delivery::new(delivery, active.channel.clone())));
+                    let takes_one = self.source == Source::Jobs;
+                    let delivery = Delivery::new(delivery, active.channel.clone(), takes_one);
+                    if !takes_one {
+                        return Some(Ok(delivery));
+                    }
+                    self.ready = Some(delivery);
+                    self.release().await;
+                    return self.ready.take().map(Ok);
                 }
                 Some(Err(error)) => {
                     warn!(queue = %self.queue, %error, "consumer failed; subscribing again");
@@ -206,6 +295,9 @@ impl Consumer {
         if let Some(opening) = self.opening.take() {
             close_channel(&opening, &self.queue).await;
         }
+        if let Some(puller) = self.puller.take() {
+            close_channel(&puller, &self.queue).await;
+        }
     }
 
     /// Stops deliveries until the next call of [`Consumer::next`], which subscribes again:
@@ -237,24 +329,30 @@ impl Consumer {
         let Some(active) = self.active.as_mut() else {
             return Ok(());
         };
-        let tag = active.stream.tag();
-        let result = active
-            .channel
-            .basic_cancel(tag.clone(), BasicCancelOptions::default())
-            .await
-            .map_err(QueueError::amqp(format!(
-                "cancel consumer {tag} on {}",
-                self.queue
-            )));
-        // Hand back what was prefetched but never handed out.
-        while let Some(Some(Ok(delivery))) = active.stream.next().now_or_never() {
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await;
+        let mut result = Ok(());
+        for stream in &mut active.streams {
+            let tag = stream.tag();
+            let cancelled = active
+                .channel
+                .basic_cancel(tag.clone(), BasicCancelOptions::default())
+                .await
+                .map_err(QueueError::amqp(format!(
+                    "cancel consumer {tag} on {}",
+                    self.queue
+                )));
+            if result.is_ok() {
+                result = cancelled;
+            }
+            // Hand back what was prefetched but never handed out.
+            while let Some(Some(Ok(delivery))) = stream.next().now_or_never() {
+                let _ = delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await;
+            }
         }
         result
     }
@@ -271,7 +369,7 @@ impl Consumer {
         // Not dropped half-way: what happens to the channel is decided here.
         self.opening = None;
         match result {
-            Ok(stream) => Ok(Active { channel, stream }),
+            Ok(streams) => Ok(Active { channel, streams }),
             Err(error) => {
                 close_channel(&channel, &self.queue).await;
                 Err(error)
@@ -279,7 +377,10 @@ impl Consumer {
         }
     }
 
-    async fn subscribe_on(&mut self, channel: &mut Channel) -> Result<lapin::Consumer, QueueError> {
+    async fn subscribe_on(
+        &mut self,
+        channel: &mut Channel,
+    ) -> Result<Vec<lapin::Consumer>, QueueError> {
         match self.source {
             Source::Jobs => match self.topology.declare(channel).await {
                 Ok(()) => {}
@@ -307,15 +408,25 @@ impl Consumer {
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await
             .map_err(QueueError::amqp("set the prefetch count"))?;
-        channel
-            .basic_consume(
-                self.queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(QueueError::amqp(format!("consume queue {}", self.queue)))
+        let queues = if self.queues.is_empty() {
+            vec![self.queue.clone()]
+        } else {
+            self.queues.clone()
+        };
+        let mut streams = Vec::with_capacity(queues.len());
+        for queue in queues {
+            let stream = channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(QueueError::amqp(format!("consume queue {queue}")))?;
+            streams.push(stream);
+        }
+        Ok(streams)
     }
 }
 
@@ -341,15 +452,26 @@ pub struct Delivery {
     inner: lapin::message::Delivery,
     /// Keeps the channel open until the delivery is settled.
     channel: Channel,
+    /// The channel was opened for this delivery alone (a job consumer's subscription): settling
+    /// closes it, here rather than in the background.
+    owns_channel: bool,
     settled: bool,
 }
 
 impl Delivery {
-    fn new(inner: lapin::message::Delivery, channel: Channel) -> Self {
+    fn new(inner: lapin::message::Delivery, channel: Channel, owns_channel: bool) -> Self {
         Self {
             inner,
             channel,
+            owns_channel,
             settled: false,
+        }
+    }
+
+    /// Closes the channel if it was this delivery's own (after settling).
+    async fn done(&self) {
+        if self.owns_channel {
+            close_channel(&self.channel, "a settled job delivery").await;
         }
     }
 
@@ -413,6 +535,7 @@ impl Delivery {
     pub async fn ack(mut self) -> Result<(), QueueError> {
         let result = self.inner.acker.ack(BasicAckOptions::default()).await;
         self.settled = true;
+        self.done().await;
         settled(result, "ack a delivery")
     }
 
@@ -424,6 +547,7 @@ impl Delivery {
         };
         let result = self.inner.acker.nack(options).await;
         self.settled = true;
+        self.done().await;
         settled(result, "nack a delivery")
     }
 
@@ -435,8 +559,27 @@ impl Delivery {
             .reject(BasicRejectOptions { requeue: false })
             .await;
         self.settled = true;
+        self.done().await;
         settled(result, "reject a delivery")
     }
+}
+
+/// The next delivery of the first of `streams` that has one (earlier streams win when several
+/// are ready); `None` when one of them ends. Cancel-safe: a delivery is taken only when it is
+/// returned.
+async fn next_of(
+    streams: &mut [lapin::Consumer],
+) -> Option<lapin::Result<lapin::message::Delivery>> {
+    std::future::poll_fn(|cx| {
+        for stream in streams.iter_mut() {
+            match stream.poll_next_unpin(cx) {
+                std::task::Poll::Ready(item) => return std::task::Poll::Ready(item),
+                std::task::Poll::Pending => {}
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 fn settled(result: lapin::Result<bool>, op: &'static str) -> Result<(), QueueError> {

@@ -48,13 +48,14 @@ impl Publisher {
         self.publish_job_to(self.topology.pool(), job).await
     }
 
-    /// Publishes a job to a given pool's queue. [`QueueError::Unroutable`] when that pool has no
-    /// queue.
+    /// Publishes a job to a given pool: to its priority queue when the job's priority is above 0
+    /// (its workers take those first), else to its job queue. [`QueueError::Unroutable`] when
+    /// that pool has no such queue.
     pub async fn publish_job_to(&self, pool: &str, job: &JobSpec) -> Result<(), QueueError> {
         let properties = properties(Some(job.id.to_string())).with_priority(job.priority);
         self.send(
             &self.topology.jobs_exchange(),
-            pool,
+            &Topology::job_routing_key(pool, job.priority),
             &refit_proto::encode(job),
             properties,
             true,

@@ -4,8 +4,9 @@
 //!
 //! | name | kind | what |
 //! | --- | --- | --- |
-//! | `refit.jobs` | direct exchange | routes a job to `refit.jobs.<pool>` by the pool's name |
-//! | `refit.jobs.<pool>` | durable quorum queue | a pool's jobs; delivery limit, dead-lettered to `refit.jobs.dlx` |
+//! | `refit.jobs` | direct exchange | routes a job to `refit.jobs.<pool>` by the pool's name, or to `refit.jobs.<pool>.high` by `<pool>.high` |
+//! | `refit.jobs.<pool>` | durable quorum queue | a pool's jobs of priority 0; delivery limit, dead-lettered to `refit.jobs.dlx` |
+//! | `refit.jobs.<pool>.high` | durable quorum queue | the pool's jobs of priority above 0, which its workers take first; the same arguments |
 //! | `refit.jobs.dlx` | fanout exchange | where the job queues dead-letter to |
 //! | `refit.jobs.dead` | durable quorum queue | jobs rejected or past the delivery limit, for an operator |
 //! | `refit.jobs.dead.coordinator` | durable quorum queue | the coordinator's copy of every dead-lettered job |
@@ -82,6 +83,28 @@ impl Topology {
     /// `<prefix>.jobs.<pool>` for any pool.
     pub fn job_queue_for(&self, pool: &str) -> String {
         format!("{}.jobs.{pool}", self.prefix)
+    }
+
+    /// `<prefix>.jobs.<pool>.high`: the pool's queue of jobs with a priority above 0, which its
+    /// workers drain before the other (quorum queues ignore message priorities before
+    /// RabbitMQ 4.0, so the priority class is a queue of its own). Pool names hold no `.`, so it
+    /// is never another pool's queue.
+    pub fn priority_queue_for(&self, pool: &str) -> String {
+        format!("{}.high", self.job_queue_for(pool))
+    }
+
+    /// A pool's job queues in the order its workers take from them: the priority queue first.
+    pub fn job_queues_for(&self, pool: &str) -> [String; 2] {
+        [self.priority_queue_for(pool), self.job_queue_for(pool)]
+    }
+
+    /// The routing key of a job of `priority` for `pool` on [`Self::jobs_exchange`].
+    pub fn job_routing_key(pool: &str, priority: u8) -> String {
+        if priority > 0 {
+            format!("{pool}.high")
+        } else {
+            pool.to_owned()
+        }
     }
 
     /// `<prefix>.jobs.dlx`: the fanout exchange job queues dead-letter to.
@@ -199,11 +222,24 @@ impl Topology {
         self.declare_job_queue(channel, &self.pool).await
     }
 
-    /// Declares another pool's job queue (the coordinator does, for every pool it publishes to).
+    /// Declares another pool's job queues, its priority queue included (the coordinator does,
+    /// for every pool it publishes to).
     pub async fn declare_job_queue(&self, channel: &Channel, pool: &str) -> Result<(), QueueError> {
-        let queue = self.job_queue_for(pool);
-        declare_queue(channel, &queue, self.job_queue_arguments()).await?;
-        bind(channel, &queue, &self.jobs_exchange(), pool).await
+        let exchange = self.jobs_exchange();
+        for (queue, priority) in [
+            (self.job_queue_for(pool), 0),
+            (self.priority_queue_for(pool), 1),
+        ] {
+            declare_queue(channel, &queue, self.job_queue_arguments()).await?;
+            bind(
+                channel,
+                &queue,
+                &exchange,
+                &Self::job_routing_key(pool, priority),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Declares the coordinator's durable queues: its events queue, bound to every event (`#`),
@@ -238,18 +274,19 @@ impl Topology {
     /// does instead of [`Topology::declare`]. `NOT_FOUND` (permanent) while the coordinator has
     /// not declared them yet.
     pub async fn check_declared(&self, channel: &Channel) -> Result<(), QueueError> {
-        let queue = self.job_queue();
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(QueueError::amqp(format!("check queue {queue}")))?;
+        for queue in self.job_queues_for(&self.pool) {
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(QueueError::amqp(format!("check queue {queue}")))?;
+        }
         let exchange = self.events_exchange();
         channel
             .exchange_declare(
@@ -368,6 +405,14 @@ mod tests {
         assert_eq!(topology.job_queue(), "t-42.jobs.gpu");
         assert_eq!(topology.dead_letter_queue(), "t-42.jobs.dead");
         assert_eq!(topology.events_exchange(), "t-42.events");
+        // The priority queue first: the order workers take jobs in.
+        assert_eq!(
+            topology.job_queues_for("gpu"),
+            ["t-42.jobs.gpu.high", "t-42.jobs.gpu"]
+        );
+        assert_eq!(Topology::job_routing_key("gpu", 0), "gpu");
+        assert_eq!(Topology::job_routing_key("gpu", 1), "gpu.high");
+        assert_eq!(Topology::job_routing_key("gpu", 255), "gpu.high");
     }
 
     #[test]
