@@ -86,6 +86,7 @@ EOF
     await_startup >/dev/null 2>&1; do
     if ((SECONDS >= deadline)); then
       tail -n 30 "$d/log/stdout.log" >&2 || true
+      stop_node "$i" # what did start must not linger
       die "node $(node "$i") did not start within ${start_timeout} s (logs: $d/log)"
     fi
     sleep 1
