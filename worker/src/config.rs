@@ -84,7 +84,7 @@ pub enum DeviceChoice {
 pub struct WorkerSettings {
     /// This worker's id in events. Default `<hostname>-<pid>`.
     pub id: Option<String>,
-    /// Jobs run at once; also the prefetch count. Default 1.
+    /// Jobs run at once: the worker takes one job per free slot. Default 1.
     pub concurrency: u16,
     /// `cpu`, `cuda` or `auto`. Default `cpu`.
     pub device: DeviceChoice,

@@ -148,6 +148,14 @@ impl StorageHealth {
     }
 }
 
+impl std::fmt::Debug for StorageHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageHealth")
+            .field("down", &self.is_down())
+            .finish()
+    }
+}
+
 /// Probes the store until `stop`: during an outage with a backoff from 1 s up to `max_delay`,
 /// until it answers; otherwise when it has not answered for [`PROBE_IDLE`].
 pub(crate) async fn watch_storage(
@@ -184,14 +192,6 @@ pub(crate) async fn watch_storage(
 pub(crate) struct WatchedStore {
     inner: Arc<dyn ObjectStore>,
     health: Arc<StorageHealth>,
-}
-
-impl std::fmt::Debug for StorageHealth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StorageHealth")
-            .field("down", &self.is_down())
-            .finish()
-    }
 }
 
 impl WatchedStore {

@@ -46,8 +46,9 @@ pub struct QueueConfig {
     /// `x-delivery-limit`. A message is delivered at most `delivery_limit + 1` times. Changing it
     /// for an existing queue makes declaring the queue fail (see `deploy/README.md`). Default 5.
     pub delivery_limit: u32,
-    /// Unacknowledged deliveries a consumer may hold (`basic.qos`); set it to the worker's
-    /// concurrency. At least 1. Default 1.
+    /// Kept for configs that set it; read by no consumer any more: a worker takes one job per
+    /// free slot (`worker.concurrency`, see `Consumer::jobs`) and the coordinator's consumers
+    /// set their own. At least 1. Default 1.
     pub prefetch: u16,
     /// AMQP heartbeat interval asked of the broker, in seconds; 0 disables heartbeats. A dead peer
     /// is noticed after about two intervals. Default 30.

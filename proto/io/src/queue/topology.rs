@@ -270,7 +270,7 @@ impl Topology {
     }
 
     /// Checks, without declaring anything (which needs no permission), that this pool's job
-    /// queue and the events exchange exist: what a worker whose broker user may not configure
+    /// queues (its priority queue too) and the events exchange exist: what a worker whose broker user may not configure
     /// does instead of [`Topology::declare`]. `NOT_FOUND` (permanent) while the coordinator has
     /// not declared them yet.
     pub async fn check_declared(&self, channel: &Channel) -> Result<(), QueueError> {
