@@ -41,7 +41,12 @@ pub struct S3Config {
     /// (`http://bucket.host/key`). Default `true`: Garage, MinIO and Ceph need it unless wildcard
     /// DNS is set up; AWS accepts both.
     pub force_path_style: bool,
-    /// The access key id. Required (refit does not read AWS's ambient credential chain).
+    /// The access key id, for static credentials (with `secret_access_key` or
+    /// `secret_access_key_file`). Leave all three unset to use the AWS SDK's default credential
+    /// chain instead: `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` in the environment, a profile
+    /// (`AWS_PROFILE`, `~/.aws/credentials`), web identity (EKS IRSA:
+    /// `AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN`), the ECS container endpoint, then the EC2
+    /// instance metadata service.
     pub access_key_id: Option<String>,
     /// The secret access key. Prefer `secret_access_key_file` outside tests.
     pub secret_access_key: Option<Secret>,
@@ -78,6 +83,26 @@ pub struct S3Config {
     /// one: some S3-compatible servers reject the `aws-chunked` uploads this implies. refit
     /// verifies sha256 end to end either way.
     pub sdk_checksums: bool,
+}
+
+/// Where an [`S3Store`](super::S3Store)'s credentials come from ([`S3Config::validate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum S3Credentials {
+    /// `access_key_id` with this secret (and `session_token`, if set).
+    Static(Secret),
+    /// None configured: the AWS SDK's default chain (environment, profile, web identity, ECS,
+    /// instance metadata), resolved at the first request and refreshed as it expires.
+    DefaultChain,
+}
+
+impl S3Credentials {
+    /// Where they come from, for logs: `static` or `default-chain`.
+    pub fn source(&self) -> &'static str {
+        match self {
+            S3Credentials::Static(_) => "static",
+            S3Credentials::DefaultChain => "default-chain",
+        }
+    }
 }
 
 impl Default for S3Config {
@@ -118,7 +143,7 @@ impl S3Config {
     }
 
     /// Checks the values, and reads the secret (from `secret_access_key_file` if set).
-    pub fn validate(&self) -> Result<Secret, StorageError> {
+    pub fn validate(&self) -> Result<S3Credentials, StorageError> {
         let invalid = |field, reason: &str| StorageError::InvalidConfig {
             field,
             reason: reason.to_owned(),
@@ -168,12 +193,9 @@ impl S3Config {
                 return Err(invalid(field, "must be at least 1 ms"));
             }
         }
-        match self.access_key_id.as_deref() {
-            None | Some("") => return Err(invalid("access_key_id", "is required")),
-            Some(_) => {}
-        }
+        let key_id = self.access_key_id.as_deref().filter(|id| !id.is_empty());
         let secret = match (&self.secret_access_key, &self.secret_access_key_file) {
-            (Some(secret), None) => secret.clone(),
+            (Some(secret), None) => Some(secret.clone()),
             (None, Some(path)) => {
                 let text =
                     std::fs::read_to_string(path).map_err(|e| StorageError::InvalidConfig {
@@ -181,7 +203,7 @@ impl S3Config {
                         // The path, never the content.
                         reason: format!("cannot read {}: {e}", path.display()),
                     })?;
-                Secret::new(text.trim())
+                Some(Secret::new(text.trim()))
             }
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -189,17 +211,36 @@ impl S3Config {
                     "give secret_access_key or secret_access_key_file, not both",
                 ));
             }
+            (None, None) => None,
+        };
+        let secret = match (key_id, secret) {
+            (None, None) if self.session_token.is_none() => return Ok(S3Credentials::DefaultChain),
             (None, None) => {
                 return Err(invalid(
-                    "secret_access_key",
-                    "is required (or secret_access_key_file)",
+                    "session_token",
+                    "needs access_key_id and secret_access_key too",
                 ));
             }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "access_key_id",
+                    "is required with secret_access_key (or leave both unset for the AWS \
+                     default credential chain)",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    "secret_access_key",
+                    "is required with access_key_id (or secret_access_key_file; or leave both \
+                     unset for the AWS default credential chain)",
+                ));
+            }
+            (Some(_), Some(secret)) => secret,
         };
         if secret.expose().is_empty() {
             return Err(invalid("secret_access_key", "is empty"));
         }
-        Ok(secret)
+        Ok(S3Credentials::Static(secret))
     }
 }
 
@@ -221,7 +262,10 @@ mod tests {
         assert_eq!(config.part_size_bytes, 8 * MIB);
         assert_eq!(config.connect_timeout_ms, 3_000);
         assert_eq!(config.max_attempts, 2);
-        assert_eq!(config.validate().unwrap().expose(), "s3cr3t");
+        assert_eq!(
+            config.validate().unwrap(),
+            S3Credentials::Static(Secret::new("s3cr3t"))
+        );
         assert_eq!(S3Config::default().region, "us-east-1");
 
         let unknown = serde_json::from_str::<S3Config>(r#"{"secret_key": "x"}"#);
@@ -246,7 +290,10 @@ mod tests {
         let mut config = S3Config::for_test("http://x:1", "GKid", "unused");
         config.secret_access_key = None;
         config.secret_access_key_file = Some(path.clone());
-        assert_eq!(config.validate().unwrap().expose(), "from-file");
+        assert_eq!(
+            config.validate().unwrap(),
+            S3Credentials::Static(Secret::new("from-file"))
+        );
 
         config.secret_access_key_file = Some(dir.path().join("missing"));
         let err = config.validate().unwrap_err();
@@ -255,6 +302,30 @@ mod tests {
         config.secret_access_key = Some(Secret::new("also"));
         config.secret_access_key_file = Some(path);
         assert!(config.validate().is_err(), "both given");
+    }
+
+    #[test]
+    fn no_static_keys_means_the_default_chain_and_half_a_key_is_an_error() {
+        let mut config = S3Config::for_test("http://x:1", "GKid", "secret");
+        config.access_key_id = None;
+        config.secret_access_key = None;
+        assert_eq!(config.validate().unwrap(), S3Credentials::DefaultChain);
+        assert_eq!(config.validate().unwrap().source(), "default-chain");
+        assert!(S3Store::new(config.clone()).is_ok());
+
+        let mut key_only = config.clone();
+        key_only.access_key_id = Some("GKid".into());
+        let err = key_only.validate().unwrap_err().to_string();
+        assert!(err.contains("secret_access_key"), "{err}");
+
+        let mut secret_only = config.clone();
+        secret_only.secret_access_key = Some(Secret::new("s"));
+        let err = secret_only.validate().unwrap_err().to_string();
+        assert!(err.contains("access_key_id"), "{err}");
+
+        let mut token_only = config;
+        token_only.session_token = Some(Secret::new("t"));
+        assert!(token_only.validate().is_err(), "a session token alone");
     }
 
     /// A field, and how to break it.

@@ -1,7 +1,8 @@
 //! [`S3Store`]: the object store on any S3-compatible server, through `aws-sdk-s3`.
 //!
 //! Tested against Garage 2.5 (`deploy/s3-server.sh`); works with AWS S3, MinIO and Ceph RGW
-//! through [`S3Config`] (endpoint, region, path-style, static credentials).
+//! through [`S3Config`] (endpoint, region, path-style, static credentials or the AWS SDK's default
+//! credential chain: environment, profile, web identity/IRSA, ECS, instance metadata).
 //!
 //! Decisions worth knowing:
 //! - **Few SDK retries** ([`S3Config::max_attempts`], default 2) and short connect timeouts, so a
@@ -25,6 +26,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_config::default_provider::credentials::DefaultCredentialsChain;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider, future};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
@@ -43,13 +46,49 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, warn};
 
 use config::MAX_PARTS;
-pub use config::S3Config;
+pub use config::{S3Config, S3Credentials};
 use errors::{body_error, map_sdk_error};
 
 use super::file::AtomicFile;
 use super::{
     Download, ObjectMeta, ObjectStore, StorageError, Upload, validate_key, validate_prefix,
 };
+
+/// The AWS SDK's default credential chain, built at the first request (building it reads
+/// profiles and may ask the network, which [`S3Store::new`] does not).
+#[derive(Debug)]
+struct LazyDefaultChain {
+    region: Region,
+    chain: tokio::sync::OnceCell<DefaultCredentialsChain>,
+}
+
+impl LazyDefaultChain {
+    fn new(region: &str) -> Self {
+        Self {
+            region: Region::new(region.to_owned()),
+            chain: tokio::sync::OnceCell::new(),
+        }
+    }
+}
+
+impl ProvideCredentials for LazyDefaultChain {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::new(async move {
+            let chain = self
+                .chain
+                .get_or_init(|| {
+                    DefaultCredentialsChain::builder()
+                        .region(self.region.clone())
+                        .build()
+                })
+                .await;
+            chain.provide_credentials().await
+        })
+    }
+}
 
 /// The object store on an S3-compatible server. Cheap to clone (the SDK client is shared).
 #[derive(Clone)]
@@ -74,14 +113,18 @@ impl std::fmt::Debug for S3Store {
 impl S3Store {
     /// Builds the client from `config` (no network traffic yet; see [`S3Store::check_bucket`]).
     pub fn new(config: S3Config) -> Result<Self, StorageError> {
-        let secret = config.validate()?;
-        let credentials = Credentials::new(
-            config.access_key_id.clone().unwrap_or_default(),
-            secret.expose(),
-            config.session_token.as_ref().map(|t| t.expose().to_owned()),
-            None,
-            "refit-config",
-        );
+        let credentials = match config.validate()? {
+            S3Credentials::Static(secret) => SharedCredentialsProvider::new(Credentials::new(
+                config.access_key_id.clone().unwrap_or_default(),
+                secret.expose(),
+                config.session_token.as_ref().map(|t| t.expose().to_owned()),
+                None,
+                "refit-config",
+            )),
+            S3Credentials::DefaultChain => {
+                SharedCredentialsProvider::new(LazyDefaultChain::new(&config.region))
+            }
+        };
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
             .read_timeout(Duration::from_millis(config.read_timeout_ms))
