@@ -124,6 +124,14 @@ pub struct WorkerSettings {
     /// After SIGTERM/SIGINT, how long running jobs get to stop at their next step, write a resume
     /// checkpoint and hand their delivery back, in seconds. Default 30.
     pub shutdown_deadline_secs: u64,
+    /// Where to serve `/healthz`, `/readyz` and `/metrics`, e.g. `0.0.0.0:9091` (what the
+    /// container images set). Default empty: not served (several workers on one host would
+    /// otherwise need a port each).
+    pub listen: String,
+    /// Take this many jobs, finish them, and exit 0 (`refit-worker --max-jobs N`; for KEDA's
+    /// ScaledJob, where scaling down never stops a busy worker). Only jobs whose lease was
+    /// granted count. Default: no limit.
+    pub max_jobs: Option<u32>,
 }
 
 impl Default for WorkerSettings {
@@ -144,6 +152,8 @@ impl Default for WorkerSettings {
             outage_wait_secs: 1800,
             max_vocab_features: refit_proto::vocab::DEFAULT_MAX_FEATURES,
             shutdown_deadline_secs: 30,
+            listen: String::new(),
+            max_jobs: None,
         }
     }
 }
@@ -189,6 +199,15 @@ impl WorkerConfig {
                 "must be above 0 and at most worker.retry_max_ms",
             ));
         }
+        if !w.listen.is_empty() && w.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "worker.listen",
+                "must be an address with a port, e.g. 0.0.0.0:9091 (or empty: not served)",
+            ));
+        }
+        if w.max_jobs == Some(0) {
+            return Err(invalid("worker.max_jobs", "must be at least 1 (or unset)"));
+        }
         if let Some(id) = &w.id {
             WorkerId::new(id.clone()).map_err(|e| ConfigError::Invalid {
                 field: "worker.id",
@@ -211,6 +230,39 @@ impl WorkerConfig {
             reason: e.to_string(),
         })?;
         Ok(())
+    }
+
+    /// What `refit-worker --check-config` checks beyond [`WorkerConfig::load`]: that the secret
+    /// files named can be read (the S3 secret; the AMQP password file). Returns a one-line
+    /// summary without secrets.
+    pub fn check(&self) -> Result<String, ConfigError> {
+        let credentials = self.s3.validate().map_err(|e| ConfigError::Invalid {
+            field: "s3",
+            reason: e.to_string(),
+        })?;
+        self.queue.check_uris().map_err(|e| ConfigError::Invalid {
+            field: "queue",
+            reason: e.to_string(),
+        })?;
+        let w = &self.worker;
+        Ok(format!(
+            "broker {}, pool {}, S3 {} bucket {} (credentials: {}), device {:?}, concurrency {}, \
+             listen {}, max_jobs {}",
+            self.queue.redacted_url(),
+            self.queue.pool,
+            self.s3.endpoint.as_deref().unwrap_or("aws"),
+            self.s3.bucket,
+            credentials.source(),
+            w.device,
+            w.concurrency,
+            if w.listen.is_empty() {
+                "off"
+            } else {
+                &w.listen
+            },
+            w.max_jobs
+                .map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
+        ))
     }
 
     /// This worker's id: `worker.id`, else `<hostname>-<pid>`.

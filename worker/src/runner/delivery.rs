@@ -18,6 +18,7 @@ use super::Shared;
 use super::attempt::{Stop, StopReason};
 use super::fault;
 use super::job::Job;
+use super::metrics::Outcome;
 use super::report::{Heartbeat, JobStatus, Reporter};
 use super::retry::JobError;
 
@@ -26,8 +27,17 @@ use super::retry::JobError;
 /// connection does).
 const CLAIM_RESEND: Duration = Duration::from_secs(10);
 
+/// Whether a delivery ran as an attempt (its lease was granted), for `--max-jobs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Handled {
+    /// The lease was granted and the attempt ran to an end, whatever the end.
+    Ran,
+    /// Dead-lettered, refused, or handed back before a lease.
+    NotRun,
+}
+
 /// Handles one delivery and settles it exactly once: ack, nack with requeue, or reject.
-pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery) {
+pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery) -> Handled {
     let attempt = delivery.attempt();
     let job: JobSpec = match delivery.decode() {
         Ok(job) => job,
@@ -39,7 +49,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery) {
                 "cannot decode a job message; dead-lettering it"
             );
             settled("reject", delivery.reject().await);
-            return;
+            return Handled::NotRun;
         }
     };
     let attempt_id = AttemptId::new();
@@ -54,7 +64,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, delivery: Delivery) {
     );
     run(shared, delivery, job, attempt, attempt_id)
         .instrument(span)
-        .await;
+        .await
 }
 
 /// The coordinator's answer to a claim.
@@ -75,7 +85,7 @@ async fn run(
     job: JobSpec,
     attempt: u32,
     attempt_id: AttemptId,
-) {
+) -> Handled {
     let mut controls = shared.attempts.register(job.id, attempt_id);
     let reporter = Reporter::new(
         shared.publisher.clone(),
@@ -90,7 +100,7 @@ async fn run(
         info!("S3 is unreachable; handing the job back unclaimed");
         settled("nack", delivery.nack_requeue().await);
         shared.attempts.unregister(attempt_id);
-        return;
+        return Handled::NotRun;
     }
     info!(mode = %job.mode, redelivered = delivery.redelivered(), "job received; claiming it");
     let (fence, lease_secs, resume) = match claim(&shared, &reporter, &mut controls).await {
@@ -103,7 +113,7 @@ async fn run(
             info!(%reason, "the coordinator refused the claim; dropping this delivery");
             settled("ack", delivery.ack().await);
             shared.attempts.unregister(attempt_id);
-            return;
+            return Handled::NotRun;
         }
         Claim::Shutdown => {
             info!("shutting down before the claim was answered; handing the job back");
@@ -115,7 +125,7 @@ async fn run(
                 .await;
             settled("nack", delivery.nack_requeue().await);
             shared.attempts.unregister(attempt_id);
-            return;
+            return Handled::NotRun;
         }
     };
     reporter.set_fence(fence);
@@ -132,6 +142,9 @@ async fn run(
         shared.shutdown.clone(),
     ));
     let status = JobStatus::new();
+    shared
+        .metrics
+        .begin(attempt_id, job.id, job.model.as_str(), status.clone());
     let heartbeat = Heartbeat::start(
         reporter.clone(),
         status.clone(),
@@ -146,6 +159,7 @@ async fn run(
         status: &status,
         stop: &stop,
         resume: resume.as_ref(),
+        downloading: Default::default(),
     }
     .execute()
     .await;
@@ -153,50 +167,58 @@ async fn run(
     watcher.abort();
     shared.attempts.unregister(attempt_id);
 
-    let kind = match outcome {
-        Ok(()) => return,
+    let (outcome, kind) = match outcome {
+        Ok(()) => (Outcome::Succeeded, None),
         Err(JobError::Stopped) => match stop.reason() {
             Some(StopReason::Cancelled) => {
                 info!("job cancelled");
-                EventKind::Cancelled
+                (Outcome::Cancelled, Some(EventKind::Cancelled))
             }
             Some(StopReason::HandBack) => {
                 info!("handing the job back for another worker");
-                EventKind::Released {
+                let kind = EventKind::Released {
                     reason: "the worker is shutting down".into(),
-                }
+                };
+                (Outcome::Released, Some(kind))
             }
             Some(StopReason::Revoked(reason)) => {
                 warn!(%reason, "stopped: this attempt no longer holds the job's lease");
-                return;
+                (Outcome::Revoked, None)
             }
             None => {
                 error!("the attempt stopped without a reason; reporting nothing");
-                return;
+                (Outcome::Revoked, None)
             }
         },
         Err(JobError::Permanent(reason)) => {
             error!(%reason, "job failed permanently");
-            EventKind::Failed {
+            let kind = EventKind::Failed {
                 error: reason,
                 error_kind: ErrorKind::Permanent,
-            }
+            };
+            (Outcome::Failed, Some(kind))
         }
         Err(JobError::Outage(reason)) => {
             warn!(%reason, "S3 or the broker stayed away; handing the job back (not a failure)");
-            EventKind::Released {
+            let kind = EventKind::Released {
                 reason: format!("outage: {reason}"),
-            }
+            };
+            (Outcome::Released, Some(kind))
         }
         Err(JobError::Transient(reason)) => {
             warn!(%reason, "job failed transiently; the coordinator queues it again");
-            EventKind::Failed {
+            let kind = EventKind::Failed {
                 error: reason,
                 error_kind: ErrorKind::Transient,
-            }
+            };
+            (Outcome::Failed, Some(kind))
         }
     };
-    publish_final(&shared, &reporter, kind).await;
+    if let Some(kind) = kind {
+        publish_final(&shared, &reporter, kind).await;
+    }
+    shared.metrics.end(attempt_id, outcome);
+    Handled::Ran
 }
 
 /// Sends the claim (again every [`CLAIM_RESEND`]) until the coordinator answers or the worker

@@ -5,9 +5,10 @@
 //! coordinator then commits them as the version.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use refit_engine::pipeline::{self, BaseVersion, Start, VersionInfo};
@@ -33,6 +34,8 @@ pub(super) struct Job<'a> {
     pub(super) stop: &'a Stop,
     /// Where an earlier attempt left off, from the grant.
     pub(super) resume: Option<&'a ResumePoint>,
+    /// Time spent fetching from S3 before training (the rest of that stretch is `load`).
+    pub(super) downloading: Mutex<Duration>,
 }
 
 impl Job<'_> {
@@ -51,10 +54,10 @@ impl Job<'_> {
         };
         let base = match (mode, job.base_version) {
             (Mode::Finetune, Some(version)) => {
-                let manifest = retry
-                    .run("read the base manifest", || {
+                let manifest = self
+                    .downloading(retry.run("read the base manifest", || {
                         registry.manifest(&job.model, version)
-                    })
+                    }))
                     .await
                     .map_err(JobError::registry(format!("base version {version}")))?;
                 Some(manifest)
@@ -79,7 +82,8 @@ impl Job<'_> {
         self.check_stop()?;
 
         let resumed = match self.resume {
-            Some(point) => resume::load(store, retry, job.id, point, &arch)
+            Some(point) => self
+                .downloading(resume::load(store, retry, job.id, point, &arch))
                 .await?
                 .map(|model| (model, point.epochs_done)),
             None => None,
@@ -88,7 +92,15 @@ impl Job<'_> {
             Some((model, epochs_done)) => (model, Some(epochs_done)),
             None => (self.fresh_model(base.as_ref(), &arch, &data).await?, None),
         };
-        timings.insert("download".to_owned(), started.elapsed().as_secs_f64());
+        // Fetching from S3, then parsing, building or loading the model (`load`).
+        let downloading = self
+            .downloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_secs_f64();
+        let before_training = started.elapsed().as_secs_f64();
+        timings.insert("download".to_owned(), downloading);
+        timings.insert("load".to_owned(), (before_training - downloading).max(0.0));
         self.check_stop()?;
 
         self.reporter
@@ -157,7 +169,7 @@ impl Job<'_> {
     ) -> Result<(), JobError> {
         let job = self.job;
         self.check_stop()?;
-        self.status.set_phase("upload");
+        self.status.set_phase("export");
         fault::at("upload").await;
         let t = Instant::now();
         let info = VersionInfo {
@@ -172,6 +184,9 @@ impl Job<'_> {
         };
         let data = data.clone();
         let files = blocking(move || pipeline::version_files(&model, &data, &info)).await?;
+        timings.insert("export".to_owned(), t.elapsed().as_secs_f64());
+        self.status.set_phase("upload");
+        let t = Instant::now();
         let registry = &self.shared.registry;
         let attempt = self.reporter.attempt_id();
         let uploaded = self
@@ -184,6 +199,7 @@ impl Job<'_> {
             .map_err(JobError::registry("failed to upload the version"))?;
         timings.insert("upload".to_owned(), t.elapsed().as_secs_f64());
         timings.insert("total".to_owned(), started.elapsed().as_secs_f64());
+        self.shared.metrics.observe_timings(&timings);
         info!(version = %job.output_version, "version uploaded; reporting it for commit");
         fault::at("uploaded").await;
         // A lease lost meanwhile: the upload stays an orphan the coordinator deletes.
@@ -203,6 +219,17 @@ impl Job<'_> {
         Ok(())
     }
 
+    /// Awaits `fetch`, counting its time as `download`.
+    async fn downloading<T>(&self, fetch: impl Future<Output = T>) -> T {
+        let t = Instant::now();
+        let out = fetch.await;
+        *self
+            .downloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) += t.elapsed();
+        out
+    }
+
     pub(super) fn check_stop(&self) -> Result<(), JobError> {
         if self.stop.is_stopped() {
             Err(JobError::Stopped)
@@ -215,12 +242,10 @@ impl Job<'_> {
     async fn dataset(&self, d: &DatasetRef, what: &'static str) -> Result<TrainingData, JobError> {
         let store = &*self.shared.store;
         let bytes: Bytes = self
-            .shared
-            .retry
-            .run("download a dataset", || {
+            .downloading(self.shared.retry.run("download a dataset", || {
                 // No larger than a dataset the coordinator accepts at all.
                 store.get_verified_at_most(&d.key, &d.sha256, MAX_DATASET_BYTES as u64)
-            })
+            }))
             .await
             .map_err(JobError::storage(format!(
                 "failed to download the {what} {}",
@@ -269,11 +294,9 @@ impl Job<'_> {
                 let registry = &self.shared.registry;
                 let version = manifest.version;
                 let stored = self
-                    .shared
-                    .retry
-                    .run("download the base version", || {
+                    .downloading(self.shared.retry.run("download the base version", || {
                         registry.read_version(&self.job.model, version)
-                    })
+                    }))
                     .await
                     .map_err(JobError::registry(format!("base version {version}")))?;
                 let context = format!("base version {version}");

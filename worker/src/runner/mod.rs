@@ -86,11 +86,13 @@ mod attempt;
 mod delivery;
 mod fault;
 mod job;
+mod metrics;
 mod observer;
 mod outage;
 mod report;
 mod resume;
 mod retry;
+mod serve;
 mod train;
 
 use std::sync::Arc;
@@ -109,6 +111,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{WorkerConfig, WorkerSettings};
 use attempt::Attempts;
+pub use metrics::WorkerMetrics;
 use outage::{StorageHealth, WatchedStore};
 use retry::Retry;
 
@@ -137,6 +140,8 @@ pub(crate) struct Shared {
     attempts: Attempts,
     /// Asks the job loop for room before a granted delivery is acked (see [`Shared::before_ack`]).
     ack_gate: mpsc::UnboundedSender<oneshot::Sender<()>>,
+    /// What `/metrics` shows.
+    metrics: Arc<WorkerMetrics>,
 }
 
 impl Shared {
@@ -198,6 +203,34 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     // The inbox exists before any claim names it.
     let (inbox_consumer, inbox) = Consumer::inbox(&broker).await?;
 
+    let concurrency = usize::from(config.worker.concurrency.max(1));
+    let pool = broker.topology().pool().to_owned();
+    let device = match runtime_options.device {
+        runtime::Device::Cpu => "cpu".to_owned(),
+        runtime::Device::Cuda(n) => format!("cuda:{n}"),
+    };
+    let metrics = Arc::new(WorkerMetrics::new(
+        worker_id.as_str(),
+        &pool,
+        &device,
+        concurrency,
+    ));
+    let serve_stop = CancellationToken::new();
+    let serve_task = if config.worker.listen.is_empty() {
+        None
+    } else {
+        Some(
+            serve::start(
+                &config.worker.listen,
+                broker.clone(),
+                health.clone(),
+                metrics.clone(),
+                serve_stop.clone(),
+            )
+            .await?,
+        )
+    };
+
     let (attempts, initial, max, patience) = config.retry_delays();
     let (ack_gate, mut ack_requests) = mpsc::unbounded_channel::<oneshot::Sender<()>>();
     let shared = Arc::new(Shared {
@@ -219,6 +252,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         inbox,
         attempts: Attempts::default(),
         ack_gate,
+        metrics,
     });
 
     let inbox_stop = CancellationToken::new();
@@ -227,7 +261,6 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         shared.clone(),
         inbox_stop.clone(),
     ));
-    let pool = broker.topology().pool().to_owned();
     let presence_stop = CancellationToken::new();
     let presence_task = tokio::spawn(presence_loop(
         shared.clone(),
@@ -245,27 +278,36 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     let mut storage = shared.health.subscribe();
 
     let mut jobs = Consumer::jobs(&broker).await?;
-    let concurrency = usize::from(config.worker.concurrency.max(1));
+    let max_jobs = config.worker.max_jobs.map(|n| n as usize);
     info!(
         %worker_id,
         queue = jobs.queue(),
         concurrency,
         device = ?runtime_options.device,
         intra_threads = runtime_options.intra_threads,
+        max_jobs,
         "worker started"
     );
 
     let mut tasks = JoinSet::new();
     let mut failure = None;
+    // Deliveries taken that did not end unclaimed (refused, handed back before a lease): with
+    // `max_jobs`, the worker stops taking jobs at the limit and exits when they are done.
+    let mut taken = 0usize;
+    let room_for_more = |taken: usize| max_jobs.is_none_or(|max| taken < max);
     loop {
+        if !room_for_more(taken) && tasks.is_empty() {
+            info!(jobs = taken, "ran the jobs --max-jobs allows; exiting");
+            break;
+        }
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Err(err) = joined {
-                    error!(error = %err, "a job task failed");
-                }
-            }
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => match joined {
+                Ok(delivery::Handled::Ran) => {}
+                Ok(delivery::Handled::NotRun) => taken = taken.saturating_sub(1),
+                Err(err) => error!(error = %err, "a job task failed"),
+            },
             Ok(()) = storage.changed() => {
                 // Down: no new job until S3 answers again (what was prefetched goes back).
                 // Back: the next `next` subscribes again.
@@ -282,8 +324,11 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
                 }
                 let _ = done.send(());
             }
-            next = jobs.next(), if tasks.len() < concurrency && !shared.health.is_down() => match next {
+            next = jobs.next(),
+                if tasks.len() < concurrency && room_for_more(taken) && !shared.health.is_down() =>
+            match next {
                 Some(Ok(delivery)) => {
+                    taken += 1;
                     tasks.spawn(delivery::handle(shared.clone(), delivery));
                 }
                 Some(Err(err)) => {
@@ -345,6 +390,12 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         error!(error = %err, "the inbox task failed");
     }
     jobs.close().await;
+    serve_stop.cancel();
+    if let Some(task) = serve_task
+        && let Err(err) = task.await
+    {
+        error!(error = %err, "the health and metrics port failed");
+    }
     broker.close().await;
     match failure {
         Some(err) => Err(err.into()),

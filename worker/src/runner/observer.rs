@@ -43,6 +43,30 @@ pub(crate) struct JobObserver {
     last_checkpoint_at: Instant,
     /// The latest epoch-boundary checkpoint not handed to the uploader.
     pub snapshot: Option<Checkpoint>,
+    /// The worker's step and example counters (`/metrics`), if counted.
+    pub counters: Option<TrainCounters>,
+}
+
+/// Counts a run's steps and examples into the worker's metrics as they happen.
+pub(crate) struct TrainCounters {
+    pub steps: prometheus::IntCounter,
+    pub examples: prometheus::IntCounter,
+    /// Examples per epoch.
+    pub per_epoch: usize,
+    /// The step and the examples (epochs × `per_epoch`, rounded down) counted so far; `None`
+    /// until the first progress (a resumed run starts past zero).
+    pub counted: Option<(u64, u64)>,
+}
+
+impl TrainCounters {
+    fn count(&mut self, progress: &Progress) {
+        let examples = (progress.epoch * self.per_epoch as f64).max(0.0) as u64;
+        if let Some((step, done)) = self.counted {
+            self.steps.inc_by(progress.step.saturating_sub(step));
+            self.examples.inc_by(examples.saturating_sub(done));
+        }
+        self.counted = Some((progress.step, examples));
+    }
 }
 
 impl JobObserver {
@@ -66,6 +90,7 @@ impl JobObserver {
             last_checkpoint_epoch: start_epoch,
             last_checkpoint_at: Instant::now(),
             snapshot: None,
+            counters: None,
         }
     }
 
@@ -85,6 +110,9 @@ impl JobObserver {
 
 impl TrainObserver for JobObserver {
     fn progress(&mut self, progress: &Progress) {
+        if let Some(counters) = &mut self.counters {
+            counters.count(progress);
+        }
         let due = self
             .last_progress
             .is_none_or(|t| t.elapsed() >= PROGRESS_EVERY);

@@ -98,17 +98,40 @@ pub(crate) struct JobStatus(Arc<Mutex<StatusInner>>);
 
 struct StatusInner {
     phase: &'static str,
+    began: Instant,
     last_checkpoint: Option<Instant>,
     trouble: Option<String>,
+    examples_per_sec: Option<f64>,
 }
 
 impl JobStatus {
     pub(crate) fn new() -> Self {
         Self(Arc::new(Mutex::new(StatusInner {
             phase: "download",
+            began: Instant::now(),
             last_checkpoint: None,
             trouble: None,
+            examples_per_sec: None,
         })))
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, StatusInner> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Seconds since the attempt began.
+    pub(crate) fn age_secs(&self) -> f64 {
+        self.inner().began.elapsed().as_secs_f64()
+    }
+
+    /// The latest training throughput.
+    pub(crate) fn set_examples_per_sec(&self, rate: f64) {
+        self.inner().examples_per_sec = Some(rate);
+    }
+
+    /// The latest training throughput, once training has reported one.
+    pub(crate) fn examples_per_sec(&self) -> Option<f64> {
+        self.inner().examples_per_sec
     }
 
     pub(crate) fn set_phase(&self, phase: &'static str) {

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use super::attempt::StopReason;
 use super::fault;
 use super::job::Job;
-use super::observer::{JobObserver, TrainMsg};
+use super::observer::{JobObserver, TrainCounters, TrainMsg};
 use super::resume;
 use super::retry::JobError;
 
@@ -50,6 +50,12 @@ impl Job<'_> {
             settings.resume_every_secs,
         );
         observer.slow_step = fault::slow_step();
+        observer.counters = Some(TrainCounters {
+            steps: self.shared.metrics.train_steps.clone(),
+            examples: self.shared.metrics.train_examples.clone(),
+            per_epoch: data.len(),
+            counted: None,
+        });
         let opts = TrainOptions {
             runtime: self.shared.runtime.clone(),
             ..TrainOptions::for_job(&self.job.hyperparams)
@@ -89,7 +95,10 @@ impl Job<'_> {
             tokio::select! {
                 // Ends when the training thread drops the observer's sender.
                 msg = rx.recv() => match msg {
-                    Some(TrainMsg::Progress(p)) => unsent = Some(p),
+                    Some(TrainMsg::Progress(p)) => {
+                        self.status.set_examples_per_sec(p.examples_per_sec);
+                        unsent = Some(p);
+                    }
                     Some(TrainMsg::Checkpoint { epochs_done, step, bytes }) => {
                         waiting = Some(Pending { epochs_done, step, bytes: Bytes::from(bytes) });
                     }

@@ -228,6 +228,17 @@ impl std::fmt::Debug for Broker {
     }
 }
 
+impl QueueConfig {
+    /// Checks what a connection needs short of connecting (`--check-config`): every URL
+    /// (failover hosts included) parses as AMQP, and `password_file` can be read.
+    pub fn check_uris(&self) -> Result<(), QueueError> {
+        for raw in self.urls()? {
+            amqp_uri(self, &raw)?;
+        }
+        Ok(())
+    }
+}
+
 /// The URI lapin connects to for one of the config's URLs (see `QueueConfig::urls`), with the
 /// password from `password_file` and the configured heartbeat.
 fn amqp_uri(config: &QueueConfig, raw: &str) -> Result<AMQPUri, QueueError> {
