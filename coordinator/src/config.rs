@@ -351,6 +351,43 @@ impl CoordinatorConfig {
         }
     }
 
+    /// What `refit-coordinator --check-config` checks beyond [`CoordinatorConfig::load`]: that
+    /// the token files, the S3 secret file and the AMQP password file can be read. Returns a
+    /// one-line summary without secrets.
+    pub fn check(&self) -> Result<String, ConfigError> {
+        let invalid = |field: &str, reason: String| ConfigError::Invalid {
+            field: field.to_owned(),
+            reason,
+        };
+        self.token()?;
+        let metrics_token = self.metrics_token()?;
+        let credentials = self
+            .s3
+            .validate()
+            .map_err(|e| invalid("s3", e.to_string()))?;
+        self.queue
+            .check_uris()
+            .map_err(|e| invalid("queue", e.to_string()))?;
+        let c = &self.coordinator;
+        Ok(format!(
+            "listen {}, database {}, broker {}, pool {}, S3 {} bucket {} (credentials: {}), \
+             /metrics {}, {} schedule(s)",
+            c.listen,
+            c.database.display(),
+            self.queue.redacted_url(),
+            self.queue.pool,
+            self.s3.endpoint.as_deref().unwrap_or("aws"),
+            self.s3.bucket,
+            credentials.source(),
+            if metrics_token.is_some() {
+                "needs a token"
+            } else {
+                "open"
+            },
+            self.schedule.len(),
+        ))
+    }
+
     /// The API token, read from `token` or `token_file`.
     pub fn token(&self) -> Result<Secret, ConfigError> {
         let c = &self.coordinator;

@@ -15,7 +15,7 @@ mod overview;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -47,6 +47,8 @@ pub fn router(app: App) -> Router {
         .route("/models/{name}/versions", get(models::versions))
         .route("/models/{name}/aliases/{alias}", put(models::set_alias))
         .route("/overview", get(overview::overview))
+        .route("/pools", get(overview::pools))
+        .route("/pools/{pool}", get(overview::pool))
         .route_layer(middleware::from_fn_with_state(app.clone(), auth))
         .layer(DefaultBodyLimit::max(body_limit));
     Router::new()
@@ -61,7 +63,7 @@ pub fn router(app: App) -> Router {
         )
         .route("/openapi.yaml", get(openapi))
         .fallback(not_found)
-        .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn_with_state(app.clone(), log_request))
         .with_state(app)
 }
 
@@ -110,14 +112,28 @@ async fn metrics_auth(State(app): State<App>, request: Request, next: Next) -> R
     }
 }
 
-/// One log line per request: method, path (never the query or headers), status, time.
-async fn log_request(request: Request, next: Next) -> Response {
+/// One log line per request: method, path (never the query or headers), status, time; and the
+/// request metrics, by route pattern (so that ids do not make new series).
+async fn log_request(State(app): State<App>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status();
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed().as_secs_f64();
+    app.metrics
+        .http_requests
+        .with_label_values(&[method.as_str(), route.as_str(), status.as_str()])
+        .inc();
+    app.metrics
+        .http_duration
+        .with_label_values(&[method.as_str(), route.as_str()])
+        .observe(elapsed);
+    let ms = elapsed * 1000.0;
     if path == "/healthz" || path == "/readyz" || path == "/metrics" || path == "/v1/overview" {
         tracing::debug!(%method, %path, status = status.as_u16(), ms, "request");
     } else if status == StatusCode::INTERNAL_SERVER_ERROR {

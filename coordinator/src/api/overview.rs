@@ -1,9 +1,9 @@
 //! The dashboard (`/`), its data (`/v1/overview`), `/metrics`, `/healthz` and `/readyz`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use chrono::Utc;
@@ -32,32 +32,109 @@ pub(super) async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Whether submits are taken (the job store answers: 200, else 503), and what holds up the
-/// rest: the broker connection (while it is down, submitted jobs wait in the outbox), whether
-/// this coordinator is the active one, the jobs waiting to be published.
-pub(super) async fn readyz(State(app): State<App>) -> impl IntoResponse {
-    let store = app.store.count_by_state().await;
-    let broker = if app.broker.is_connected() {
-        "connected"
-    } else {
-        "unreachable"
+/// `/readyz?require=…`: which parts `/readyz` answers 503 for.
+#[derive(serde::Deserialize, Default)]
+pub(super) struct ReadyQuery {
+    /// Comma-separated parts: `store`, `broker`, `storage`. Default: all three.
+    require: Option<String>,
+}
+
+/// The parts `/readyz` checks.
+const PARTS: [&str; 3] = ["store", "broker", "storage"];
+
+/// How long `/readyz` waits for S3.
+const STORAGE_PROBE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Whether the job store, the broker and S3 answer: 200 when every required part does (all by
+/// default; `?require=store` for a probe that should keep taking submits into the outbox while
+/// the broker is away), else 503; the body names each part's state and the failing ones.
+pub(super) async fn readyz(
+    State(app): State<App>,
+    Query(query): Query<ReadyQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let required: Vec<&str> = match &query.require {
+        None => PARTS.to_vec(),
+        Some(list) => {
+            let parts: Vec<&str> = list.split(',').map(str::trim).collect();
+            if let Some(bad) = parts.iter().find(|p| !PARTS.contains(p)) {
+                return Err(ApiError::invalid(format!(
+                    "unknown part {bad:?} in require: use store, broker, storage"
+                )));
+            }
+            parts
+        }
     };
-    let body = serde_json::json!({
-        "ready": store.is_ok(),
-        "store": match &store {
-            Ok(_) => "ok".to_owned(),
-            Err(error) => error.to_string(),
-        },
-        "broker": broker,
+    let store = app.store.count_by_state().await.map_err(|e| e.to_string());
+    let broker = if app.broker.is_connected() {
+        Ok(())
+    } else {
+        Err("not connected to RabbitMQ".to_owned())
+    };
+    let storage = match tokio::time::timeout(STORAGE_PROBE, app.objects.head("readyz/probe")).await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("S3 did not answer within {STORAGE_PROBE:?}")),
+    };
+    let states = [
+        ("store", store.as_ref().map(|_| ()).map_err(Clone::clone)),
+        ("broker", broker),
+        ("storage", storage),
+    ];
+    let failing: Vec<&str> = states
+        .iter()
+        .filter(|(part, state)| state.is_err() && required.contains(part))
+        .map(|(part, _)| *part)
+        .collect();
+    let mut body = serde_json::json!({
+        "ready": failing.is_empty(),
+        "failing": failing,
         "active": app.is_active(),
         "outbox_jobs": app.store.count_outbox().await.ok(),
     });
-    let status = if store.is_ok() {
+    for (part, state) in states {
+        body[part] = serde_json::Value::String(match state {
+            Ok(()) => "ok".to_owned(),
+            Err(why) => why,
+        });
+    }
+    let status = if failing.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(body))
+    Ok((status, Json(body)))
+}
+
+/// One pool's load, for autoscalers (KEDA's `metrics-api` trigger reads `demand`).
+fn pool_view(pool: &str, counts: &BTreeMap<String, u64>) -> serde_json::Value {
+    let get = |state: &str| counts.get(state).copied().unwrap_or(0);
+    serde_json::json!({
+        "pool": pool,
+        "queued": get("queued"),
+        "running": get("running"),
+        "stalled": get("stalled"),
+        "demand": get("queued") + get("running") + get("stalled"),
+    })
+}
+
+/// `GET /v1/pools`: every pool in use with its unfinished jobs and its demand (worker slots it
+/// needs now).
+pub(super) async fn pools(State(app): State<App>) -> impl IntoResponse {
+    let pools = crate::service::metrics::pools_in_use(&app).await;
+    let list: Vec<_> = pools.iter().map(|(p, c)| pool_view(p, c)).collect();
+    Json(serde_json::json!({ "pools": list }))
+}
+
+/// `GET /v1/pools/{pool}`: one pool's load (zeros for a pool nothing uses).
+pub(super) async fn pool(
+    State(app): State<App>,
+    Path(pool): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    refit_io::queue::check_pool(&pool).map_err(ApiError::invalid)?;
+    let pools = crate::service::metrics::pools_in_use(&app).await;
+    let empty = BTreeMap::new();
+    Ok(Json(pool_view(&pool, pools.get(&pool).unwrap_or(&empty))))
 }
 
 pub(super) async fn metrics(State(app): State<App>) -> impl IntoResponse {
@@ -93,7 +170,11 @@ pub(super) async fn overview(State(app): State<App>) -> Result<impl IntoResponse
         .take(20)
         .collect();
     let mut pools: BTreeSet<String> = active_jobs.iter().map(|j| j.pool.clone()).collect();
-    pools.insert(app.config.queue.pool.clone());
+    pools.extend(
+        crate::service::metrics::pools_in_use(&app)
+            .await
+            .into_keys(),
+    );
     let pools: Vec<String> = pools.into_iter().collect();
     let (queues, broker_error) = match app.queues.snapshot(&app, &pools).await {
         Ok(queues) => (queues, None),

@@ -2,7 +2,8 @@
 //!
 //! A thin main: parse the arguments, set up tracing, load the config, cancel one root token on
 //! SIGINT or SIGTERM, and hand over to [`refit_coordinator::service::run`]. Exit code 0 after a
-//! graceful stop, 1 on a runtime error, 2 on bad arguments or config.
+//! graceful stop, 1 on a runtime error, 2 on bad arguments or config (`--check-config` checks it
+//! and exits).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +30,12 @@ struct Args {
     /// Log line format (the filter comes from RUST_LOG).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+
+    /// Load and check the settings (and read the token and secret files they name), print a
+    /// summary without secrets, and exit: 0 when they are usable, 2 when not. Connects to
+    /// nothing and opens no database.
+    #[arg(long)]
+    check_config: bool,
 }
 
 fn main() -> ExitCode {
@@ -42,6 +49,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.check_config {
+        return match config.check() {
+            Ok(summary) => {
+                println!("refit-coordinator: config ok: {summary}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("refit-coordinator: {err}");
+                ExitCode::from(2)
+            }
+        };
+    }
     telemetry::run_service(
         "refit-coordinator",
         "shutting down: finishing requests and the current publish or event",

@@ -231,13 +231,13 @@ async fn commit_pending(app: &App, settings: crate::store::LeaseSettings) {
                     "version committed"
                 );
                 let result = app.store.commit_succeeded(job.job_id.clone()).await;
-                if let Ok(Some(secs)) = result {
+                if let Ok(Some((secs, timings))) = &result {
                     let mode = manifest.mode.as_str();
                     app.metrics
                         .job_duration
                         .with_label_values(&[mode, "succeeded"])
-                        .observe(secs);
-                    for (phase, secs) in &manifest.timings {
+                        .observe(*secs);
+                    for (phase, secs) in timings.iter().filter(|(p, _)| *p != "total") {
                         app.metrics
                             .phase_duration
                             .with_label_values(&[phase.as_str()])

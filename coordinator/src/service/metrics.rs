@@ -42,6 +42,10 @@ pub struct Metrics {
     heartbeat_age: prometheus::GaugeVec,
     workers: prometheus::IntGaugeVec,
     checkpoint_age: prometheus::GaugeVec,
+    pool_jobs: prometheus::IntGaugeVec,
+    pool_demand: prometheus::IntGaugeVec,
+    pub(crate) http_requests: IntCounterVec,
+    pub(crate) http_duration: HistogramVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -141,6 +145,11 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(broker_up.clone()))
             .expect("unique metric");
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("unique metric");
         Self {
             decisions: counter(
                 &r,
@@ -167,7 +176,8 @@ impl Metrics {
             phase_duration: histogram(
                 &r,
                 "refit_job_phase_duration_seconds",
-                "Time a succeeded job spent per phase (download, train, evaluate, export, upload).",
+                "Time a succeeded job spent per phase: queue_wait (submitted to first lease), \
+                 download, load, train, evaluate, export, upload.",
                 &["phase"],
                 vec![
                     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
@@ -182,20 +192,52 @@ impl Metrics {
             queue_ready: gauge(
                 &r,
                 "refit_queue_messages_ready",
-                "Messages waiting for a consumer, per queue.",
-                &["queue"],
+                "Messages waiting for a consumer, per queue (pool: the job queues' pool, empty \
+                 for the others).",
+                &["queue", "pool"],
             ),
             queue_unacked: gauge(
                 &r,
                 "refit_queue_messages_unacked",
-                "Messages delivered and not yet acknowledged, per queue (management API).",
-                &["queue"],
+                "Messages delivered and not yet acknowledged, per queue (management API). A job \
+                 leaves its queue when its lease is granted: see refit_pool_demand.",
+                &["queue", "pool"],
             ),
             queue_consumers: gauge(
                 &r,
                 "refit_queue_consumers",
                 "Consumers attached, per queue.",
-                &["queue"],
+                &["queue", "pool"],
+            ),
+            pool_jobs: gauge(
+                &r,
+                "refit_pool_jobs",
+                "Unfinished jobs per pool by state (queued, running, stalled), from the job store; \
+                 every pool with such a job or a worker seen in the last hour.",
+                &["pool", "state"],
+            ),
+            pool_demand: gauge(
+                &r,
+                "refit_pool_demand",
+                "Worker slots a pool needs now: its queued, running and stalled jobs (what an \
+                 autoscaler should follow; a running job is no longer in any queue).",
+                &["pool"],
+            ),
+            http_requests: counter(
+                &r,
+                "refit_http_requests_total",
+                "HTTP requests served, by method, route (the route's pattern; unmatched for \
+                 none) and status.",
+                &["method", "route", "status"],
+            ),
+            http_duration: histogram(
+                &r,
+                "refit_http_request_duration_seconds",
+                "Time to serve an HTTP request, by method and route.",
+                &["method", "route"],
+                vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
             ),
             jobs: gauge(
                 &r,
@@ -281,6 +323,27 @@ impl Default for Metrics {
     }
 }
 
+/// The pools in use (see [`crate::store::Store::pool_load`]) with their unfinished jobs by
+/// state; the configured pool always (with zero counts when the store does not answer).
+pub(crate) async fn pools_in_use(
+    app: &App,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>> {
+    let mut pools = app
+        .store
+        .pool_load(Utc::now() - chrono::Duration::hours(1))
+        .await
+        .unwrap_or_default();
+    pools
+        .entry(app.config.queue.pool.clone())
+        .or_insert_with(|| {
+            ["queued", "running", "stalled"]
+                .into_iter()
+                .map(|s| (s.to_owned(), 0))
+                .collect()
+        });
+    pools
+}
+
 /// Recomputes the present-state gauges and renders every metric.
 pub async fn render(app: &App) -> String {
     let m = &app.metrics;
@@ -300,15 +363,36 @@ pub async fn render(app: &App) -> String {
         m.outbox_jobs.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
-    let pools = vec![app.config.queue.pool.clone()];
+    let pools = pools_in_use(app).await;
+    m.pool_jobs.reset();
+    m.pool_demand.reset();
+    for (pool, counts) in &pools {
+        for (state, n) in counts {
+            m.pool_jobs
+                .with_label_values(&[pool.as_str(), state.as_str()])
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        let demand: u64 = counts.values().sum();
+        m.pool_demand
+            .with_label_values(&[pool.as_str()])
+            .set(i64::try_from(demand).unwrap_or(i64::MAX));
+    }
+    let names: Vec<String> = pools.keys().cloned().collect();
+    let topology = app.broker.topology();
+    let pool_of = |queue: &str| {
+        names
+            .iter()
+            .find(|p| topology.job_queues_for(p).iter().any(|q| q == queue))
+            .map_or("", String::as_str)
+    };
     m.queue_ready.reset();
     m.queue_unacked.reset();
     m.queue_consumers.reset();
-    match app.queues.snapshot(app, &pools).await {
+    match app.queues.snapshot(app, &names).await {
         Ok(queues) => {
             m.broker_up.set(1);
             for q in queues {
-                let label = [q.name.as_str()];
+                let label = [q.name.as_str(), pool_of(&q.name)];
                 m.queue_ready
                     .with_label_values(&label)
                     .set(i64::try_from(q.ready).unwrap_or(i64::MAX));

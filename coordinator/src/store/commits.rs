@@ -1,6 +1,8 @@
 //! The end of a job's life in the store: versions waiting to be committed and their outcome,
 //! ended jobs waiting to be closed in the object store, and jobs recovered from reservations.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use refit_proto::reservation::{Reservation, ReservationState};
 use refit_proto::wire::JobState;
@@ -84,7 +86,10 @@ impl Store {
 
     /// The version is committed: the job succeeded. Returns its seconds since submission
     /// (`None` when it had already ended).
-    pub async fn commit_succeeded(&self, job_id: String) -> Result<Option<f64>, StoreError> {
+    pub async fn commit_succeeded(
+        &self,
+        job_id: String,
+    ) -> Result<Option<(f64, BTreeMap<String, f64>)>, StoreError> {
         self.call(move |conn| {
             let tx = conn.transaction()?;
             let now = Utc::now();
@@ -100,18 +105,25 @@ impl Store {
                 progress.epoch = progress.total_epochs;
             }
             leases::clear(&tx, &job_id)?;
+            // The worker's phases, and the wait from the submit to the first lease.
+            let mut timings = job.view.timings.clone();
+            if let Some(started) = job.view.started_at {
+                let wait = (started - job.view.submitted_at).num_milliseconds().max(0);
+                timings.insert("queue_wait".to_owned(), wait as f64 / 1000.0);
+            }
             tx.execute(
                 "UPDATE jobs SET state = 'succeeded', error = NULL, finished_at = ?2, \
-                 updated_at = ?2, progress = ?3 WHERE id = ?1",
+                 updated_at = ?2, progress = ?3, timings = ?4 WHERE id = ?1",
                 params![
                     job_id,
                     ts(now),
-                    serde_json::to_string(&progress).expect("progress serialises")
+                    serde_json::to_string(&progress).expect("progress serialises"),
+                    serde_json::to_string(&timings).expect("timings serialise"),
                 ],
             )?;
             let since = since_submitted(&tx, &job_id, now)?;
             tx.commit()?;
-            Ok(Some(since))
+            Ok(Some((since, timings)))
         })
         .await
     }

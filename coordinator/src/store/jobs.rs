@@ -332,6 +332,50 @@ impl Store {
         .await
     }
 
+    /// The pools in use and their unfinished jobs: every pool with a queued, running or
+    /// stalled job, or with a worker seen since `workers_since` (counts 0), each with its job
+    /// counts by those states.
+    pub async fn pool_load(
+        &self,
+        workers_since: DateTime<Utc>,
+    ) -> Result<BTreeMap<String, BTreeMap<String, u64>>, StoreError> {
+        self.call(move |conn| {
+            let mut pools: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+            let mut stmt = conn.prepare_cached(
+                "SELECT pool, state, COUNT(*) FROM jobs \
+                 WHERE state IN ('queued', 'running', 'stalled') GROUP BY pool, state",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (pool, state, n) = row?;
+                pools
+                    .entry(pool)
+                    .or_default()
+                    .insert(state, u64::try_from(n).unwrap_or(0));
+            }
+            let mut stmt = conn.prepare_cached(
+                "SELECT DISTINCT pool FROM workers WHERE last_seen_at >= ?1 AND pool != ''",
+            )?;
+            let rows = stmt.query_map(params![ts(workers_since)], |r| r.get::<_, String>(0))?;
+            for pool in rows {
+                pools.entry(pool?).or_default();
+            }
+            for counts in pools.values_mut() {
+                for state in ["queued", "running", "stalled"] {
+                    counts.entry(state.to_owned()).or_insert(0);
+                }
+            }
+            Ok(pools)
+        })
+        .await
+    }
+
     /// How many jobs wait to be published (held back after a refusal included).
     pub async fn count_outbox(&self) -> Result<u64, StoreError> {
         self.call(|conn| {
