@@ -7,6 +7,7 @@
 mod broker;
 mod common;
 mod coordinator;
+mod deploy;
 mod ownership;
 mod queue;
 mod storage;

@@ -449,9 +449,14 @@ impl Stack {
     /// Starts one more worker with `extra` environment on top of the stack's settings; its
     /// index in [`Self::workers`].
     pub fn start_worker(&mut self, extra: &[(&str, &str)]) -> Result<usize> {
+        self.start_worker_with(extra, &[])
+    }
+
+    /// [`Self::start_worker`] with command-line arguments too.
+    pub fn start_worker_with(&mut self, extra: &[(&str, &str)], args: &[&str]) -> Result<usize> {
         let (mut command, name, log) = self.cluster.worker_command()?;
         self.secrets_via_files(&mut command)?;
-        command.envs(extra.iter().copied());
+        command.envs(extra.iter().copied()).args(args);
         self.workers.push(Proc::spawn(&name, command, log)?);
         Ok(self.workers.len() - 1)
     }

@@ -24,7 +24,7 @@ use crate::common::jobs::{check_committed, claims, count_from, events};
 use crate::common::stack::Stack;
 use crate::common::wait::{done_if, wait_until};
 
-mod resilience;
+pub(crate) mod resilience;
 
 /// Asserts the order of one clean run: a granted `claim`, `started`, `progress`…, `succeeded`
 /// last (heartbeats anywhere), with one `started` and one `succeeded`.

@@ -44,7 +44,7 @@ fn free_ports<const N: usize>() -> Result<[u16; N]> {
 
 /// A Garage of this test's own: data in a temporary directory, S3/RPC/admin on free ports. It is
 /// stopped (and its directory removed) on drop. The shared server on 3900 is never touched.
-struct PrivateGarage {
+pub(crate) struct PrivateGarage {
     dir: tempfile::TempDir,
     s3_port: u16,
     rpc_port: u16,
@@ -53,7 +53,7 @@ struct PrivateGarage {
 
 impl PrivateGarage {
     /// A stack named `name` whose store is this Garage, its coordinator started.
-    async fn stack(&self, name: &str) -> Result<Stack> {
+    pub(crate) async fn stack(&self, name: &str) -> Result<Stack> {
         let mut stack = Stack::with(
             name,
             Options {
@@ -69,7 +69,7 @@ impl PrivateGarage {
         Ok(stack)
     }
 
-    async fn start() -> Result<Self> {
+    pub(crate) async fn start() -> Result<Self> {
         let [s3_port, rpc_port, admin_port] = free_ports::<3>()?;
         let garage = Self {
             dir: tempfile::Builder::new().prefix("refit-garage-").tempdir()?,
@@ -96,12 +96,12 @@ impl PrivateGarage {
     }
 
     /// Runs `deploy/s3-server.sh <arg>` for this instance (off the async threads).
-    async fn script(&self, arg: &str) -> Result<()> {
+    pub(crate) async fn script(&self, arg: &str) -> Result<()> {
         run_script(self.command(arg), &format!("deploy/s3-server.sh {arg}")).await?;
         Ok(())
     }
 
-    fn s3_config(&self) -> Result<S3Config> {
+    pub(crate) fn s3_config(&self) -> Result<S3Config> {
         let env = credentials_in(self.dir.path());
         let get = |name: &str| {
             env.get(&format!("REFIT_S3_{name}"))
