@@ -45,15 +45,8 @@ node_dir="$venv/node"
 say() { echo "manifests: $*" >&2; }
 die() { say "error: $*"; exit 2; }
 
-as_root() {
-  if [[ $(id -u) -eq 0 ]]; then
-    "$@"
-  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-    sudo -n "$@"
-  else
-    die "need root (or passwordless sudo) to run: $*"
-  fi
-}
+# as_root: root, or sudo without a password prompt.
+. "$(dirname "${BASH_SOURCE[0]}")/lib/root.sh"
 
 # --- tools ----------------------------------------------------------------------------------
 for tool in kubectl python3 node npm; do

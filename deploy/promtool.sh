@@ -14,16 +14,8 @@ set -euo pipefail
 say() { echo "promtool: $*" >&2; }
 die() { say "error: $*"; exit 1; }
 
-# Root, or sudo without a password prompt.
-as_root() {
-  if [[ $(id -u) -eq 0 ]]; then
-    "$@"
-  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-    sudo -n "$@"
-  else
-    die "need root (or passwordless sudo) to run: $*"
-  fi
-}
+# as_root: root, or sudo without a password prompt.
+. "$(dirname "${BASH_SOURCE[0]}")/lib/root.sh"
 
 version() { promtool --version 2>&1 | head -n 1 || true; }
 

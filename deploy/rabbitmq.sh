@@ -63,16 +63,8 @@ start_timeout="${REFIT_RABBITMQ_START_TIMEOUT:-60}"
 say() { echo "rabbitmq: $*" >&2; }
 die() { say "error: $*"; exit 1; }
 
-# Root, or sudo without a password prompt; empty when neither (then installing/starting fails).
-as_root() {
-  if [[ $(id -u) -eq 0 ]]; then
-    "$@"
-  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-    sudo -n "$@"
-  else
-    die "need root (or passwordless sudo) to run: $*"
-  fi
-}
+# as_root: root, or sudo without a password prompt.
+. "$(dirname "${BASH_SOURCE[0]}")/lib/root.sh"
 
 # Whether an AMQP 0-9-1 broker answers: send the protocol header and expect a method frame
 # (connection.start, frame type 1) back.

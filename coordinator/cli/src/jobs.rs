@@ -432,11 +432,34 @@ fn job_details(job: &JobView, all_events: bool, now: DateTime<Utc>) -> String {
     lines.join("\n")
 }
 
-/// `download 0.2s, train 41.0s, upload 1.1s`.
+/// The stages in the order a job goes through them (others follow, by name).
+const STAGES: [&str; 8] = [
+    "queue_wait",
+    "download",
+    "load",
+    "train",
+    "evaluate",
+    "export",
+    "upload",
+    "total",
+];
+
+/// `queue_wait 0.01s, download 0.05s, load 0.02s, train 41.0s, …` in stage order.
 fn timings_line(timings: &BTreeMap<String, f64>) -> String {
-    timings
+    let rank = |stage: &str| {
+        STAGES
+            .iter()
+            .position(|s| *s == stage)
+            .unwrap_or(STAGES.len())
+    };
+    let mut stages: Vec<_> = timings.iter().collect();
+    stages.sort_by_key(|(stage, _)| (rank(stage), stage.as_str()));
+    stages
         .iter()
-        .map(|(phase, secs)| format!("{phase} {secs:.1}s"))
+        .map(|(stage, secs)| match **secs {
+            s if s < 1.0 => format!("{stage} {s:.2}s"),
+            s => format!("{stage} {s:.1}s"),
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -526,6 +549,25 @@ fn event_summary(kind: &str, body: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timings_read_in_stage_order() {
+        let timings: BTreeMap<String, f64> = [
+            ("upload", 0.06),
+            ("train", 55.43),
+            ("queue_wait", 0.011),
+            ("total", 55.6),
+            ("load", 0.02),
+            ("download", 0.05),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        assert_eq!(
+            timings_line(&timings),
+            "queue_wait 0.01s, download 0.05s, load 0.02s, train 55.4s, upload 0.06s, total 55.6s"
+        );
+    }
 
     #[test]
     fn durations_and_ages_read_well() {
