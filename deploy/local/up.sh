@@ -37,6 +37,10 @@
 #   REFIT_WORKER_INTRA_THREADS
 #                      ONNX Runtime threads per new worker (default: CPUs / workers alive, at
 #                      least 1)
+#   REFIT_WORKER_PORT_BASE
+#                      worker n serves /healthz, /readyz and /metrics on 127.0.0.1:<base + n>
+#                      (default 9090: worker 1 on 9091, what deploy/prometheus/prometheus.yml
+#                      scrapes); `off`: not served
 #   RUST_LOG           log filter of the processes (default info,lapin=warn,aws=warn,ort=warn)
 #   NO_COLOR           the processes' logs are plain text (default 1; set it empty for colours)
 #   REFIT__<SECTION>__<KEY>
@@ -279,19 +283,22 @@ threads="${REFIT_WORKER_INTRA_THREADS:-$((total > 0 ? cpus / total : cpus))}"
 ((threads >= 1)) || threads=1
 host="$(hostname -s 2>/dev/null || hostname 2>/dev/null || echo local)"
 
+port_base="${REFIT_WORKER_PORT_BASE:-9090}"
 started=()
 for ((i = 1; i <= workers; i++)); do
   n=$((highest + i))
+  listen=""
+  [[ "$port_base" == off ]] || listen="127.0.0.1:$((port_base + n))"
   log="$state/worker-$n.log"
   echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) deploy/local/up.sh starts refit-worker $n ===" >>"$log"
   (
     cd "$repo"
     exec env "${service_env[@]}" "REFIT__WORKER__ID=$host-w$n" "REFIT__WORKER__INTRA_THREADS=$threads" \
-      setsid nohup "$worker_bin" </dev/null >>"$log" 2>&1
+      "REFIT__WORKER__LISTEN=$listen" setsid nohup "$worker_bin" </dev/null >>"$log" 2>&1
   ) &
   echo "$!" >"$state/worker-$n.pid"
   started+=("$n")
-  say "started worker $n (pid $!, id $host-w$n, $threads ONNX Runtime threads, log $log)"
+  say "started worker $n (pid $!, id $host-w$n, $threads ONNX Runtime threads, ${listen:+metrics on http://$listen/metrics, }log $log)"
 done
 
 # A worker that cannot start (bad config, no broker) exits within a moment: say so now.
