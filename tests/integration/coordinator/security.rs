@@ -36,6 +36,8 @@ fn v1_routes(
             Some(br#"{"version": "v1"}"#.to_vec()),
         ),
         (Method::GET, "/v1/overview".into(), None),
+        (Method::GET, "/v1/pools".into(), None),
+        (Method::GET, "/v1/pools/default".into(), None),
     ]
 }
 
@@ -63,7 +65,8 @@ fn normalise(path: &str) -> String {
             let parameter = segment.starts_with('{')
                 || segment.len() > 30
                 || segment.starts_with("m-")
-                || segment == "production";
+                || segment == "production"
+                || segment == "default";
             if parameter { "{}" } else { segment }
         })
         .collect::<Vec<_>>()
