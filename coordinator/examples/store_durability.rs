@@ -40,6 +40,7 @@ fn job(model: &str, n: usize) -> NewJob {
             priority: 0,
             submitted_at: Utc::now(),
             deadline: None,
+            promote_to: None,
         },
         requested_mode: Mode::Auto,
         pool: "default".into(),

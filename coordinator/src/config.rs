@@ -23,6 +23,14 @@
 //! cron = "0 3 * * *"
 //! policy = "scratch"
 //! full_retrain_every = 5
+//! eval_dataset = "incoming/financial/test.yml"
+//! promote_to = "prod"  # moves only when the new version passes prod's gate
+//!
+//! [promotion.default]  # the gate, see refit_proto::promotion::PromotionPolicy
+//! max_intent_f1_drop = 0.01
+//! max_negative_flip_rate = 0.03
+//! [promotion.aliases.prod]
+//! max_intent_f1_drop = 0.0
 //! ```
 //!
 //! Secrets (the API token, the AMQP password, the S3 secret key) come from the environment or
@@ -38,7 +46,8 @@ use refit_io::config::{env_layer, read_layers};
 use refit_io::queue::QueueConfig;
 use refit_io::storage::{S3Config, validate_key};
 use refit_proto::decision::Policy;
-use refit_proto::{ModelName, keys};
+use refit_proto::promotion::PromotionConfig;
+use refit_proto::{Alias, ModelName, keys};
 use serde::Deserialize;
 
 /// Why a config cannot be used.
@@ -69,6 +78,9 @@ pub struct CoordinatorConfig {
     pub s3: S3Config,
     /// Scheduled retraining.
     pub schedule: Vec<ScheduleConfig>,
+    /// The gate a version must pass to take an alias (`[promotion.default]`, and per alias
+    /// `[promotion.aliases.<alias>]`; see `refit_proto::promotion`).
+    pub promotion: PromotionConfig,
 }
 
 /// The `[coordinator]` section.
@@ -215,6 +227,10 @@ pub struct ScheduleConfig {
     /// The worker pool. Default: `queue.pool`.
     #[serde(default)]
     pub pool: Option<String>,
+    /// Move this alias to each new version that passes the alias's gate (needs
+    /// `eval_dataset`).
+    #[serde(default)]
+    pub promote_to: Option<String>,
 }
 
 fn default_policy() -> Policy {
@@ -332,6 +348,16 @@ impl CoordinatorConfig {
             if let Some(eval) = &s.eval_dataset {
                 validate_key(eval).map_err(|e| invalid(&field, e.to_string()))?;
             }
+            if let Some(alias) = &s.promote_to {
+                Alias::new(alias.as_str())
+                    .map_err(|e| invalid(&field, format!("promote_to: {e}")))?;
+                if s.eval_dataset.is_none() {
+                    return Err(invalid(
+                        &field,
+                        "promote_to needs eval_dataset (the gate compares versions on it)".into(),
+                    ));
+                }
+            }
             dataset_extension(&s.dataset).map_err(|e| invalid(&field, e))?;
             s.cron().map_err(|e| invalid(&field, format!("cron {e}")))?;
             if let Some(f) = s.epoch_fraction
@@ -340,6 +366,9 @@ impl CoordinatorConfig {
                 return Err(invalid(&field, "epoch_fraction must be in (0, 1]".into()));
             }
         }
+        self.promotion
+            .validate()
+            .map_err(|e| invalid("promotion", e))?;
         Ok(())
     }
 

@@ -298,6 +298,8 @@ fn full_job() -> JobView {
         mode: Mode::Finetune,
         requested_mode: Mode::Auto,
         base_version: Some("v1".into()),
+        promote_to: Some("prod".into()),
+        promotion: None,
         version: "v2".into(),
         pool: "default".into(),
         dataset: dataset(),
@@ -466,6 +468,7 @@ fn schemas_list_exactly_the_fields_the_wire_types_send() {
         seed: Some(1),
         priority: Some(1),
         pool: Some("default".into()),
+        promote_to: Some("prod".into()),
     });
     check_schema(&spec, "SubmitRequest", &request, &["model", "dataset"]);
 
@@ -558,6 +561,9 @@ fn schemas_list_exactly_the_fields_the_wire_types_send() {
     );
     let alias_request = to_json(&AliasRequest {
         version: "v1".into(),
+        force: false,
+        reason: Some("r".into()),
+        by: Some("b".into()),
     });
     check_schema(&spec, "AliasRequest", &alias_request, &["version"]);
     let alias = to_json(&AliasView {
@@ -565,6 +571,8 @@ fn schemas_list_exactly_the_fields_the_wire_types_send() {
         alias: "prod".into(),
         version: "v2".into(),
         previous: Some("v1".into()),
+        forced: false,
+        gate: None,
     });
     check_schema(&spec, "AliasView", &alias, &all_but(&alias, &[]));
 

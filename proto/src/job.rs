@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{JobId, ModelName, Version};
+use crate::ids::{Alias, JobId, ModelName, Version};
 
 /// How a job trains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -131,4 +131,9 @@ pub struct JobSpec {
     /// Give up (as a permanent failure) when not finished by then.
     #[serde(default)]
     pub deadline: Option<DateTime<Utc>>,
+    /// On success, move this alias to the new version if it passes the alias's gate
+    /// (`refit_proto::promotion`). The worker also evaluates the alias's current version on the
+    /// job's eval data, so that the gate compares like with like.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote_to: Option<Alias>,
 }

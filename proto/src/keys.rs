@@ -26,6 +26,12 @@ pub const CHECKPOINT: &str = "checkpoint.safetensors";
 pub const MODEL_ONNX: &str = "model.onnx";
 /// The vocabulary's file name.
 pub const VOCAB: &str = "vocab.json";
+/// The entity synonyms' file name (see `TrainingData::synonym_map`): what a server maps
+/// extracted entity values through.
+pub const SYNONYMS: &str = "synonyms.json";
+/// The evaluation report's file name (`refit_proto::evaluation::Evaluation`), for a version
+/// trained with eval data.
+pub const EVALUATION: &str = "evaluation.json";
 /// The reservation's file name: the job that took a version number.
 pub const RESERVATION: &str = "job.json";
 
@@ -142,6 +148,12 @@ pub fn aliases_prefix(model: &ModelName) -> String {
 /// `models/<name>/aliases/<alias>`.
 pub fn alias(model: &ModelName, alias: &Alias) -> String {
     format!("{}{alias}", aliases_prefix(model))
+}
+
+/// `models/<name>/alias-history/<alias>.json`: an alias's moves
+/// (`refit_proto::promotion::AliasHistory`).
+pub fn alias_history(model: &ModelName, alias: &Alias) -> String {
+    format!("models/{model}/alias-history/{alias}.json")
 }
 
 /// `jobs/<job id>/`: everything an in-flight job keeps (deleted when it ends).

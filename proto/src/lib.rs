@@ -18,17 +18,21 @@
 //! - [`tokens`]: the one tokenizer (word tokens with their character spans)
 //! - [`vocab`]: feature keys, the append-only [`vocab::Vocabulary`] and `vocab.json`
 //! - [`decision`]: the label-set diff and the fine-tune decision
+//! - [`evaluation`]: scores on held-out data, `evaluation.json` and comparisons between versions
+//! - [`promotion`]: the alias policy (gate), its decisions and the alias history
 //! - [`wire`]: the coordinator's HTTP API bodies, shared by the service, the CLI and the dashboard
 #![warn(missing_docs)]
 
 pub mod data;
 pub mod decision;
 pub mod envelope;
+pub mod evaluation;
 pub mod event;
 pub mod ids;
 pub mod job;
 pub mod keys;
 pub mod manifest;
+pub mod promotion;
 pub mod reservation;
 pub mod tokens;
 pub mod vocab;

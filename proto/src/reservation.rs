@@ -105,6 +105,7 @@ mod tests {
             priority: 0,
             submitted_at: Utc.with_ymd_and_hms(2026, 12, 3, 12, 0, 0).unwrap(),
             deadline: None,
+            promote_to: None,
         };
         let reservation = Reservation::open(spec.clone(), "refit".into(), "gpu".into());
         let back = Reservation::from_json(&reservation.to_json()).unwrap();

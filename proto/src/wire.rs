@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::decision::{DecisionReport, Policy};
+use crate::promotion::GateResult;
 use crate::{Metrics, Mode};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -65,6 +66,10 @@ pub struct SubmitRequest {
     /// The worker pool. Default: the coordinator's `queue.pool`.
     #[serde(default)]
     pub pool: Option<String>,
+    /// On success, move this alias to the new version if it passes the alias's gate (needs
+    /// `eval_dataset`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote_to: Option<String>,
 }
 
 /// `POST /v1/jobs` → 201 (and 200 from `POST /v1/check`, with `job` absent).
@@ -249,6 +254,12 @@ pub struct JobView {
     pub schedule: Option<String>,
     /// The decision's outcome (`finetune`/`scratch`) and reason codes.
     pub decision: Option<DecisionSummary>,
+    /// The alias the job asked to move on success (`promote_to`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote_to: Option<String>,
+    /// What became of that: the gate's decision, once the version is committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<PromotionView>,
     /// When it was submitted.
     pub submitted_at: DateTime<Utc>,
     /// When a worker first started it.
@@ -266,6 +277,23 @@ pub struct JobView {
     /// one's `seq`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub more_events: bool,
+}
+
+/// What a job's `promote_to` led to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PromotionView {
+    /// The alias.
+    pub alias: String,
+    /// `promoted` (the alias moved), `refused` (the gate failed; the alias stayed), or `error`
+    /// (the gate could not be asked: see `summary`).
+    pub outcome: String,
+    /// One line for people: what moved, or why not.
+    pub summary: String,
+    /// The gate's checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateResult>,
+    /// When it was decided.
+    pub at: DateTime<Utc>,
 }
 
 /// The decision recorded with a job.
@@ -352,6 +380,15 @@ pub struct ModelList {
 pub struct AliasRequest {
     /// The version it should point at: `v3` or `3`.
     pub version: String,
+    /// Move even when the gate fails (recorded in the alias's history).
+    #[serde(default)]
+    pub force: bool,
+    /// Why, for the history.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Who, for the history (`refit alias` sends `user@host`).
+    #[serde(default)]
+    pub by: Option<String>,
 }
 
 /// `PUT /v1/models/{name}/aliases/{alias}` → 200.
@@ -365,6 +402,12 @@ pub struct AliasView {
     pub version: String,
     /// The version it pointed at before, if any.
     pub previous: Option<String>,
+    /// Moved although the gate failed (`force`).
+    #[serde(default)]
+    pub forced: bool,
+    /// The gate's decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateResult>,
 }
 
 /// A worker, as seen from its events.

@@ -125,6 +125,20 @@ fn financial_demo_facts() {
     assert_eq!(data.synonyms.len(), 3);
     assert_eq!(data.synonyms[0].name, "credit");
     assert_eq!(data.synonyms[0].examples.len(), 7);
+    // Rasa's EntitySynonymMapper: synonym items and annotated values, keyed lowercased.
+    let synonyms = data.synonym_map();
+    assert_eq!(
+        synonyms.get("credit card").map(String::as_str),
+        Some("credit")
+    );
+    assert_eq!(synonyms.get("emblm").map(String::as_str), Some("emblem"));
+    assert_eq!(
+        synonyms.get("full balance").map(String::as_str),
+        Some("current balance")
+    );
+    let file = refit_proto::data::SynonymFile { synonyms };
+    assert_eq!(file.map("Credit Cards"), "credit");
+    assert_eq!(file.map("savings"), "savings");
     assert!(data.regexes.is_empty() && data.lookups.is_empty());
     assert_eq!(
         counts

@@ -47,6 +47,7 @@ fn sample_job() -> JobSpec {
         priority: 0,
         submitted_at: Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap(),
         deadline: None,
+        promote_to: None,
     }
 }
 

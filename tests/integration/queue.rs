@@ -169,6 +169,7 @@ fn job() -> JobSpec {
         priority: 0,
         submitted_at: Utc::now(),
         deadline: None,
+        promote_to: None,
     }
 }
 

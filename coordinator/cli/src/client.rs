@@ -7,6 +7,8 @@
 use std::time::{Duration, Instant};
 
 use refit_io::Secret;
+use refit_proto::evaluation::{Comparison, Evaluation};
+use refit_proto::promotion::{AliasHistory, GateResult};
 use refit_proto::wire::{
     AliasRequest, AliasView, DatasetBody, ErrorBody, JobList, JobState, JobView, ModelList,
     SubmitRequest, SubmitResponse, VersionList,
@@ -105,6 +107,7 @@ impl ClientError {
             ClientError::Unreachable { .. } | ClientError::Timeout { .. } => exit::UNREACHABLE,
             ClientError::Unauthorized { .. } => exit::TOKEN_REFUSED,
             ClientError::Api { code, .. } if code == "rejected" => exit::REJECTED,
+            ClientError::Api { code, .. } if code == "gate_failed" => exit::GATE_FAILED,
             ClientError::Config(_) | ClientError::Api { .. } | ClientError::Protocol { .. } => {
                 exit::ERROR
             }
@@ -307,23 +310,74 @@ impl Client {
         )
     }
 
-    /// `PUT /v1/models/{name}/aliases/{alias}`.
+    /// `PUT /v1/models/{name}/aliases/{alias}`: moves the alias if the version passes its gate
+    /// (or with `request.force`); a failed gate is [`ClientError::Api`] with code `gate_failed`
+    /// and the gate's checks in `body.error.details`.
     pub fn set_alias(
         &self,
         model: &str,
         alias: &str,
-        version: &str,
+        request: &AliasRequest,
     ) -> Result<Answer<AliasView>, ClientError> {
-        let body = AliasRequest {
-            version: version.to_owned(),
-        };
         self.call(
             Method::PUT,
             &["models", model, "aliases", alias],
             &[],
-            Body::Json(serde_json::to_value(body).expect("an AliasRequest serialises")),
+            Body::Json(serde_json::to_value(request).expect("an AliasRequest serialises")),
             REQUEST_TIMEOUT,
         )
+    }
+
+    /// `GET /v1/models/{name}/aliases/{alias}/history`.
+    pub fn alias_history(
+        &self,
+        model: &str,
+        alias: &str,
+    ) -> Result<Answer<AliasHistory>, ClientError> {
+        self.get(&["models", model, "aliases", alias, "history"], &[])
+    }
+
+    /// `GET /v1/models/{name}/aliases/{alias}/gate?version=`: the gate's decision, nothing moved.
+    pub fn gate(
+        &self,
+        model: &str,
+        alias: &str,
+        version: &str,
+    ) -> Result<Answer<GateResult>, ClientError> {
+        self.get(
+            &["models", model, "aliases", alias, "gate"],
+            &[("version", version.to_owned())],
+        )
+    }
+
+    /// `GET /v1/models/{name}/versions/{version}/evaluation`.
+    pub fn evaluation(
+        &self,
+        model: &str,
+        version: &str,
+    ) -> Result<Answer<Evaluation>, ClientError> {
+        self.get(&["models", model, "versions", version, "evaluation"], &[])
+    }
+
+    /// `GET /v1/models/{name}/compare?before=&after=`.
+    pub fn compare(
+        &self,
+        model: &str,
+        before: &str,
+        after: &str,
+    ) -> Result<Answer<Comparison>, ClientError> {
+        self.get(
+            &["models", model, "compare"],
+            &[("before", before.to_owned()), ("after", after.to_owned())],
+        )
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        path: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<Answer<T>, ClientError> {
+        self.call(Method::GET, path, query, Body::None, REQUEST_TIMEOUT)
     }
 
     fn post_json<B: serde::Serialize, T: DeserializeOwned>(

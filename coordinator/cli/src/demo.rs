@@ -20,6 +20,7 @@
 //! When the decision is not `finetune` (e.g. `set2` adds an intent), v2 is skipped, the
 //! scratch retrain becomes v2, and the command exits with code 11 after printing everything.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -38,8 +39,11 @@ use refit_io::registry::Registry;
 use refit_io::storage::{LocalStore, ObjectStore};
 use refit_proto::data::{TrainingData, load_file, load_files};
 use refit_proto::decision::{Decision, DecisionInput, DecisionReport, Policy, decide};
+use refit_proto::evaluation::{Evaluation, compare};
 use refit_proto::keys::sha256_hex;
-use refit_proto::{ArchSpec, Budget, Manifest, Metrics, Mode, ModelName, Version, keys};
+use refit_proto::{
+    ArchSpec, Budget, DatasetRef, Manifest, Metrics, Mode, ModelName, Version, keys,
+};
 use serde::Serialize;
 
 use super::{Output, exit, print_stdout};
@@ -164,6 +168,7 @@ pub(super) fn run(args: DemoArgs) -> Result<ExitCode> {
     }
     let set1_stored = tokio.block_on(upload(&*store, &[set1_path], &set1))?;
     let set12_stored = tokio.block_on(upload(&*store, &set12_files, &set12))?;
+    let test_stored = tokio.block_on(upload(&*store, std::slice::from_ref(&test_path), &test))?;
 
     // The fine-tune's budget as a worker computes it, from v1's epochs.
     let ft_epochs = pipeline::epochs(
@@ -176,6 +181,8 @@ pub(super) fn run(args: DemoArgs) -> Result<ExitCode> {
         registry: &registry,
         model: model_name,
         test: &test,
+        test_stored: &test_stored,
+        evaluations: RefCell::default(),
         opts,
     };
     let mut rows = Vec::new();
@@ -360,6 +367,10 @@ struct Demo<'a> {
     registry: &'a Registry,
     model: ModelName,
     test: &'a TrainingData,
+    /// `test.yml` as stored: what the versions' evaluations name.
+    test_stored: &'a StoredData,
+    /// The versions' evaluations so far, to compare a fine-tune with its parent.
+    evaluations: RefCell<BTreeMap<Version, Evaluation>>,
     opts: TrainOptions,
 }
 
@@ -395,7 +406,28 @@ impl Demo<'_> {
         extra_timings: Vec<(&str, f64)>,
     ) -> Result<RunRow> {
         let started = Instant::now();
-        let metrics = pipeline::evaluate(model, self.test, &self.opts.runtime)?;
+        let scored = pipeline::evaluate(model, self.test, &self.opts.runtime)?;
+        let test = DatasetRef {
+            key: self.test_stored.key.clone(),
+            sha256: self.test_stored.sha256.clone(),
+        };
+        let mut evaluation = scored.into_evaluation(self.model.clone(), target.version, test);
+        let parent = target
+            .base
+            .and_then(|b| self.evaluations.borrow().get(&b.version).cloned());
+        if let Some(parent) = parent {
+            let roles = vec!["parent".to_owned()];
+            evaluation.comparisons.push(compare(
+                &evaluation,
+                &parent,
+                roles,
+                Some(&self.test.examples),
+            )?);
+        }
+        let metrics = evaluation.report.to_metrics();
+        self.evaluations
+            .borrow_mut()
+            .insert(target.version, evaluation.clone());
         let evaluate_secs = started.elapsed().as_secs_f64();
 
         let mut timings: BTreeMap<String, f64> = extra_timings
@@ -411,7 +443,7 @@ impl Demo<'_> {
             epochs: f64::from(report.epochs),
             dataset_key: target.stored.key.clone(),
             dataset_sha256: target.stored.sha256.clone(),
-            metrics: Some(metrics.clone()),
+            evaluation: Some(evaluation),
             timings,
         };
         let files = pipeline::version_files(model, target.data, &info);

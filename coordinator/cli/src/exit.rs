@@ -18,6 +18,8 @@ pub const JOB_CANCELLED: u8 = 13;
 pub const UNREACHABLE: u8 = 14;
 /// The coordinator refused the token (or none was given).
 pub const TOKEN_REFUSED: u8 = 15;
+/// `refit alias`: the version did not pass the alias's promotion gate; the alias did not move.
+pub const GATE_FAILED: u8 = 16;
 
 /// The table printed at the end of `refit --help`.
 pub const HELP: &str = "\
@@ -30,4 +32,5 @@ Exit codes:
   12  refit submit --wait: the job failed or was dead-lettered
   13  refit submit --wait: the job was cancelled
   14  the coordinator cannot be reached (not running, wrong REFIT_URL, timeout)
-  15  the coordinator refused the token (wrong or missing REFIT_TOKEN)";
+  15  the coordinator refused the token (wrong or missing REFIT_TOKEN)
+  16  refit alias: the version failed the alias's promotion gate (the alias did not move)";

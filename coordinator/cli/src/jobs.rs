@@ -154,9 +154,44 @@ pub(super) fn run_show(args: JobArgs) -> Result<ExitCode> {
     let answer = client.job(args.id.trim())?;
     match args.output {
         Output::Json => print_json(&answer.json)?,
-        Output::Human => print_stdout(&job_details(&answer.value, args.all_events, Utc::now()))?,
+        Output::Human => {
+            let job = &answer.value;
+            let mut text = job_details(job, args.all_events, Utc::now());
+            // The comparisons the job's evaluation made (best effort: the job view stands alone).
+            if job.state == JobState::Succeeded
+                && job.metrics.is_some()
+                && let Ok(evaluation) = client.evaluation(&job.model, &job.version)
+                && !evaluation.value.comparisons.is_empty()
+            {
+                text.push_str(
+                    "\n\ncompared on the eval data (refit versions MODEL --compare A B):",
+                );
+                for c in &evaluation.value.comparisons {
+                    text.push_str(&format!("\n  {}", comparison_line(c)));
+                }
+            }
+            print_stdout(&text)?;
+        }
     }
     Ok(ExitCode::from(exit::OK))
+}
+
+/// One comparison in a line: against what, the headline deltas, the negative flips.
+pub(super) fn comparison_line(c: &refit_proto::evaluation::Comparison) -> String {
+    let roles = if c.roles.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", c.roles.join(", "))
+    };
+    format!(
+        "vs {}{roles}: intent wF1 {:+.3}, entity F1 {:+.3}, {} negative flips ({:.1} %), {} positive",
+        c.before,
+        c.deltas.intent_weighted_f1,
+        c.deltas.entity_f1,
+        c.negative_flips.examples,
+        c.negative_flips.rate * 100.0,
+        c.positive_flips.examples
+    )
 }
 
 pub(super) fn run_cancel(args: CancelArgs) -> Result<ExitCode> {
@@ -404,6 +439,22 @@ fn job_details(job: &JobView, all_events: bool, now: DateTime<Utc>) -> String {
     }
     if !job.timings.is_empty() {
         field("timings", timings_line(&job.timings));
+    }
+    match (&job.promotion, &job.promote_to) {
+        (Some(p), _) => field("promotion", format!("{}: {}", p.outcome, p.summary)),
+        (None, Some(alias)) if job.state == JobState::Succeeded => {
+            field(
+                "promotion",
+                format!("{alias}: the gate's decision is pending"),
+            );
+        }
+        (None, Some(alias)) if !job.state.is_final() => {
+            field(
+                "promote to",
+                format!("{alias}, if the new version passes its gate"),
+            );
+        }
+        _ => {}
     }
     if let Some(error) = &job.error {
         field("error", error.clone());

@@ -43,6 +43,10 @@ Examples:
   # fine-tune it on old + new examples (several files are merged and uploaded as one)
   refit submit --model financial --data set1.yml set2.yml --eval test.yml --wait
 
+  # nightly-style: fine-tune, and move the prod alias to the new version only if it is at
+  # least as good as prod's current version on test.yml (the promotion gate)
+  refit submit --model financial --data nlu.yml --eval test.yml --promote-to prod --wait
+
   # a script: train from scratch if the labels changed, read the result as JSON
   refit submit --model financial --data nlu.yml --policy scratch --wait --output json
 
@@ -123,6 +127,12 @@ pub struct SubmitArgs {
     #[arg(long, value_name = "NAME")]
     pool: Option<String>,
 
+    /// When the job succeeds, move this alias to the new version if it passes the alias's gate
+    /// (the coordinator's `[promotion]` policy: F1 and per-intent recall not down, few negative
+    /// flips, against the alias's current version on the --eval data). Needs --eval.
+    #[arg(long, value_name = "ALIAS", requires = "eval")]
+    promote_to: Option<String>,
+
     /// Follow the job until it ends: progress on stderr, then its metrics and version; the exit
     /// code follows its final state.
     #[arg(long)]
@@ -197,6 +207,7 @@ pub(super) fn run(args: SubmitArgs) -> Result<ExitCode> {
         seed: args.seed,
         priority: args.priority,
         pool: args.pool.clone(),
+        promote_to: args.promote_to.clone(),
     };
     let answer = match client.submit(&request) {
         Ok(answer) => answer,

@@ -219,6 +219,8 @@ fn job(id: &str, model: &str, state: JobState) -> JobView {
         mode: Mode::Scratch,
         requested_mode: Mode::Auto,
         base_version: None,
+        promote_to: None,
+        promotion: None,
         version: "v1".into(),
         pool: "default".into(),
         dataset: DatasetBody {
@@ -572,6 +574,8 @@ async fn alias(
         alias,
         version: request.version,
         previous: Some("v1".into()),
+        forced: request.force,
+        gate: None,
     })
     .into_response()
 }
@@ -1005,8 +1009,12 @@ fn models_versions_and_alias() {
     let view: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
         view,
-        json!({"model": "financial", "alias": "prod", "version": "v2", "previous": "v1"})
+        json!({"model": "financial", "alias": "prod", "version": "v2", "previous": "v1",
+               "forced": false})
     );
+    let (_, stdout, _) = fake.refit(&["alias", "financial", "prod", "v2", "--force", "-o", "json"]);
+    let view: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(view["forced"], true, "--force is sent: {view}");
 }
 
 #[test]

@@ -49,6 +49,21 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
 
+    /// 409 `gate_failed`: the version did not pass the alias's promotion gate; `details` holds
+    /// the gate's checks.
+    pub fn gate_failed(result: &refit_proto::promotion::GateResult) -> Self {
+        let mut err = Self::new(
+            StatusCode::CONFLICT,
+            "gate_failed",
+            format!(
+                "{} (the alias did not move; `force` moves it anyway, recorded in its history)",
+                result.summary()
+            ),
+        );
+        err.details = serde_json::to_value(result).ok();
+        err
+    }
+
     /// 401 `unauthorized`.
     pub fn unauthorized() -> Self {
         Self::new(

@@ -45,7 +45,17 @@ pub fn router(app: App) -> Router {
         .route("/check", post(jobs::check))
         .route("/models", get(models::list))
         .route("/models/{name}/versions", get(models::versions))
+        .route(
+            "/models/{name}/versions/{version}/evaluation",
+            get(models::evaluation),
+        )
+        .route("/models/{name}/compare", get(models::compare))
         .route("/models/{name}/aliases/{alias}", put(models::set_alias))
+        .route(
+            "/models/{name}/aliases/{alias}/history",
+            get(models::alias_history),
+        )
+        .route("/models/{name}/aliases/{alias}/gate", get(models::gate))
         .route("/overview", get(overview::overview))
         .route("/pools", get(overview::pools))
         .route("/pools/{pool}", get(overview::pool))

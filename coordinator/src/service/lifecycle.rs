@@ -193,13 +193,14 @@ pub(super) async fn send(
 }
 
 /// Commits reported versions as they come (woken by the event consumer) and every few seconds
-/// (retrying what failed).
+/// (retrying what failed), then carries out the committed jobs' `promote_to` (see `promotion`).
 pub(super) async fn run_committer(app: App, shutdown: CancellationToken) {
     let settings = app.config.lease_settings();
     let every = Duration::from_secs(5);
     loop {
         if app.is_active() {
             commit_pending(&app, settings).await;
+            app.promote_pending().await;
         }
         if !tick(&shutdown, every, Some(&app.commit_wake)).await {
             return;

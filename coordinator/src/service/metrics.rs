@@ -30,6 +30,7 @@ pub struct Metrics {
     pub(crate) lease_lapses: IntCounterVec,
     pub(crate) handbacks: IntCounter,
     pub(crate) commits: IntCounterVec,
+    pub(crate) promotions: IntCounterVec,
     pub(crate) recovered_jobs: IntCounter,
     pub(crate) republished: IntCounter,
     pub(crate) active: IntGauge,
@@ -290,6 +291,14 @@ impl Metrics {
                 "Version commits by outcome (committed, retried: the upload was unusable, \
                  conflict: the number belongs to another job).",
                 &["outcome"],
+            ),
+            promotions: counter(
+                &r,
+                "refit_promotions_total",
+                "Alias moves asked of the promotion gate, by alias and outcome: promoted and \
+                 refused (a job's promote_to), manual and forced (PUT .../aliases/...; forced: \
+                 the gate failed), error (the gate could not be asked).",
+                &["alias", "outcome"],
             ),
             handbacks,
             recovered_jobs,

@@ -22,6 +22,7 @@ pub mod fault;
 mod lifecycle;
 pub(crate) mod metrics;
 mod outbox;
+mod promotion;
 pub(crate) mod queues;
 mod scheduler;
 mod submit;
@@ -71,6 +72,8 @@ pub struct App {
     pub token: Arc<Secret>,
     /// The token `/metrics` requires, if one is configured.
     pub metrics_token: Option<Arc<Secret>>,
+    /// Held while an alias moves (gate, alias, history), so that moves do not interleave.
+    pub alias_moves: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl App {
@@ -102,6 +105,7 @@ impl App {
             queues,
             token: Arc::new(token),
             metrics_token,
+            alias_moves: Arc::default(),
         })
     }
 }

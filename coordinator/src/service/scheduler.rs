@@ -226,6 +226,7 @@ async fn run_once(
         epochs: schedule.epochs,
         epoch_fraction: schedule.epoch_fraction,
         pool: schedule.pool.clone(),
+        promote_to: schedule.promote_to.clone(),
         ..SubmitRequest::default()
     };
     match app
@@ -268,6 +269,7 @@ mod tests {
             epoch_fraction: None,
             epochs: None,
             pool: None,
+            promote_to: None,
         }
     }
 

@@ -41,12 +41,30 @@ pub enum SubmitError {
     Store(#[from] StoreError),
 }
 
+/// The request's `promote_to` alias, checked: a valid alias name, and eval data to gate on.
+fn promote_to(request: &SubmitRequest) -> Result<Option<Alias>, SubmitError> {
+    let Some(alias) = &request.promote_to else {
+        return Ok(None);
+    };
+    let alias =
+        Alias::new(alias.as_str()).map_err(|e| SubmitError::Invalid(format!("promote_to: {e}")))?;
+    if request.eval_dataset.is_none() {
+        return Err(SubmitError::Invalid(format!(
+            "promote_to {alias:?} needs eval data (eval_dataset, `refit submit --eval`): the \
+             gate compares the new version with the alias's on it"
+        )));
+    }
+    Ok(Some(alias))
+}
+
 impl From<RegistryError> for SubmitError {
     fn from(e: RegistryError) -> Self {
         match e {
             RegistryError::Storage(e) => SubmitError::Storage(e),
             RegistryError::NotFound { .. } => SubmitError::NotFound(e.to_string()),
-            RegistryError::BadAlias { .. } => SubmitError::Dataset(e.to_string()),
+            RegistryError::BadAlias { .. } | RegistryError::BadHistory { .. } => {
+                SubmitError::Dataset(e.to_string())
+            }
             RegistryError::Corrupt { .. }
             | RegistryError::Commit { .. }
             | RegistryError::Conflict { .. } => {
@@ -221,6 +239,7 @@ impl App {
         if let Some(pool) = &request.pool {
             refit_io::queue::check_pool(pool).map_err(invalid)?;
         }
+        promote_to(request)?;
 
         let versions = self.registry.versions(&model).await?;
         let base_version = self
@@ -315,6 +334,7 @@ impl App {
             priority: request.priority.unwrap_or(0),
             submitted_at: Utc::now(),
             deadline: None,
+            promote_to: promote_to(request)?,
         };
         let pool = request
             .pool

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use refit_proto::reservation::{Reservation, ReservationState};
 use refit_proto::wire::JobState;
-use refit_proto::{AttemptId, JobSpec, Mode, decode, encode};
+use refit_proto::{Alias, AttemptId, JobSpec, Mode, ModelName, Version, decode, encode};
 use rusqlite::{OptionalExtension, params};
 
 use super::leases::{self, Lapse, LeaseSettings};
@@ -52,7 +52,56 @@ fn attempt_of(text: &str) -> Result<AttemptId, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("attempt id: {e}")))
 }
 
+/// A succeeded job whose `promote_to` is not carried out yet.
+#[derive(Clone, Debug)]
+pub struct PendingPromotion {
+    /// The job.
+    pub job_id: String,
+    /// Its model.
+    pub model: ModelName,
+    /// The alias to move.
+    pub alias: Alias,
+    /// Its version.
+    pub version: Version,
+}
+
 impl Store {
+    /// Succeeded jobs with a `promote_to` and no promotion recorded, oldest first.
+    pub async fn pending_promotions(&self) -> Result<Vec<PendingPromotion>, StoreError> {
+        self.call(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, model, promote_to, version FROM jobs WHERE state = 'succeeded' \
+                 AND promote_to IS NOT NULL AND promotion IS NULL ORDER BY finished_at",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (job_id, model, alias, version) = row?;
+                let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+                    StoreError::Corrupt(format!("job {job_id} {what}: {e}"))
+                };
+                out.push(PendingPromotion {
+                    model: ModelName::new(model).map_err(|e| corrupt("model", &e))?,
+                    alias: Alias::new(alias).map_err(|e| corrupt("promote_to", &e))?,
+                    version: u32::try_from(version)
+                        .ok()
+                        .and_then(|v| Version::new(v).ok())
+                        .ok_or_else(|| corrupt("version", &version))?,
+                    job_id,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Versions to commit, oldest first.
     pub async fn pending_commits(&self) -> Result<Vec<PendingCommit>, StoreError> {
         self.call(|conn| {

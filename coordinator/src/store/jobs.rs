@@ -8,7 +8,9 @@ use refit_proto::{JobSpec, Metrics, Mode, Version, decode, encode};
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::{Store, StoreError, parse_ts, parse_ts_opt, ts};
-use refit_proto::wire::{DatasetBody, DecisionSummary, JobState, JobView, ProgressView};
+use refit_proto::wire::{
+    DatasetBody, DecisionSummary, JobState, JobView, ProgressView, PromotionView,
+};
 
 /// A job to insert; its output version is chosen by [`Store::insert_job`].
 #[derive(Clone, Debug)]
@@ -63,7 +65,7 @@ pub struct JobFilter {
 const COLUMNS: &str = "id, model, version, base_version, mode, requested_mode, pool, state, \
      dataset_key, dataset_sha256, decision, schedule, published_at, attempts, worker, progress, \
      metrics, timings, error, submitted_at, started_at, finished_at, last_heartbeat_at, \
-     last_checkpoint_at, cancel_requested, failures, handbacks";
+     last_checkpoint_at, cancel_requested, failures, handbacks, promote_to, promotion";
 
 /// The next free version number of `model`: above every job's here and above `stored_latest`
 /// (the object store's highest manifest or reservation).
@@ -134,6 +136,8 @@ pub(super) fn read_row(row: &Row<'_>) -> Result<StoredJob, StoreError> {
             reasons: d.codes().into_iter().map(str::to_owned).collect(),
         }),
         schedule: opt(11)?,
+        promote_to: opt(27)?,
+        promotion: json_opt::<PromotionView>("promotion", opt(28)?)?,
         published: opt(12)?.is_some(),
         attempts: row.get(13)?,
         failures: row.get(25)?,
@@ -170,6 +174,27 @@ pub(super) fn get_job(
 }
 
 impl Store {
+    /// Records what a job's `promote_to` led to, with a `promotion` event (worker
+    /// `coordinator`) carrying the same view.
+    pub async fn record_promotion(
+        &self,
+        job_id: String,
+        promotion: PromotionView,
+    ) -> Result<(), StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            let body = serde_json::to_value(&promotion).expect("a promotion view serialises");
+            tx.execute(
+                "UPDATE jobs SET promotion = ?2, updated_at = ?3 WHERE id = ?1",
+                params![job_id, body.to_string(), ts(promotion.at)],
+            )?;
+            super::events::coordinator_event(&tx, &job_id, "promotion", body, promotion.at)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Stores a job in the outbox with the next free output version of its model: above every
     /// version any job of the model was given and above `stored_latest` (the newest version in
     /// the object store). Returns the stored job, its spec carrying the chosen version.
@@ -191,8 +216,8 @@ impl Store {
             tx.execute(
                 "INSERT INTO jobs (id, model, version, base_version, mode, requested_mode, pool, \
                  state, spec, dataset_key, dataset_sha256, decision, schedule, submitted_at, \
-                 updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', ?8, ?9, ?10, ?11, \
-                 ?12, ?13, ?13)",
+                 updated_at, promote_to) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', ?8, ?9, \
+                 ?10, ?11, ?12, ?13, ?13, ?14)",
                 params![
                     spec.id.to_string(),
                     model,
@@ -207,6 +232,7 @@ impl Store {
                     decision,
                     job.schedule,
                     ts(spec.submitted_at),
+                    spec.promote_to.as_ref().map(ToString::to_string),
                 ],
             )?;
             let stored = get_job(&tx, &spec.id.to_string())?
@@ -680,6 +706,7 @@ pub(crate) mod tests {
                 priority: 0,
                 submitted_at: Utc::now(),
                 deadline: None,
+                promote_to: None,
             },
             requested_mode: Mode::Auto,
             pool: "default".into(),

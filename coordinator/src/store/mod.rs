@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use chrono::{DateTime, Utc};
 use rusqlite::Connection;
 
-pub use commits::{Closing, PendingCommit, closing_state};
+pub use commits::{Closing, PendingCommit, PendingPromotion, closing_state};
 pub use events::EventOutcome;
 pub use jobs::{JobFilter, NewJob, OutboxJob, StoredJob};
 pub use leases::{Expired, Lapse, LeaseSettings};
@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0002_worker_presence.sql"),
     include_str!("../../migrations/0003_leases.sql"),
     include_str!("../../migrations/0004_publish_refusals.sql"),
+    include_str!("../../migrations/0005_promotion.sql"),
 ];
 
 /// Why a store call failed.

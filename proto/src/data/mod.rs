@@ -152,6 +152,23 @@ pub struct TrainingData {
     pub duplicates_dropped: usize,
 }
 
+/// `synonyms.json`, stored with a version: the map [`TrainingData::synonym_map`] builds, keyed by
+/// the lowercased words.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SynonymFile {
+    /// Lowercased words → the value to report.
+    pub synonyms: BTreeMap<String, String>,
+}
+
+impl SynonymFile {
+    /// The value to report for an entity's words: its synonym, or the words as they are.
+    pub fn map<'a>(&'a self, words: &'a str) -> &'a str {
+        self.synonyms
+            .get(&words.to_lowercase())
+            .map_or(words, String::as_str)
+    }
+}
+
 /// The labels a dataset uses, with example counts. The fine-tune decision compares these.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabelCounts {
@@ -202,6 +219,31 @@ impl TrainingData {
             }
         }
         counts
+    }
+
+    /// Entity synonyms, as Rasa's `EntitySynonymMapper` learns them: every `synonym:` item's
+    /// examples and every annotated entity whose `value` differs from its words map (lowercased)
+    /// to that value. Where two disagree, the annotation written last wins, as in Rasa.
+    pub fn synonym_map(&self) -> BTreeMap<String, String> {
+        let mut map = BTreeMap::new();
+        for item in &self.synonyms {
+            for variant in &item.examples {
+                let variant = variant.trim();
+                if !variant.is_empty() && variant != item.name {
+                    map.insert(variant.to_lowercase(), item.name.clone());
+                }
+            }
+        }
+        for example in &self.examples {
+            for entity in &example.entities {
+                if let (Some(value), Some(words)) = (&entity.value, entity.slice(&example.text))
+                    && words != value
+                {
+                    map.insert(words.to_lowercase(), value.clone());
+                }
+            }
+        }
+        map
     }
 
     /// Appends another dataset, dropping examples that are exact duplicates (same text, intent

@@ -30,7 +30,11 @@ pub mod batch;
 pub mod checkpoint;
 pub mod featurizer;
 pub mod graph;
-pub mod metrics;
+pub mod metrics {
+    //! Evaluation as `rasa test nlu` reports it: the scoring lives in the contract crate
+    //! (`refit_proto::evaluation`) so that every process reads stored reports the same way.
+    pub use refit_proto::evaluation::*;
+}
 pub mod model;
 pub mod pipeline;
 pub mod predict;

@@ -6,7 +6,7 @@
 //!    vocabulary for a new run ([`Start::Finetune`]);
 //! 2. [`epochs`]: the run's epoch budget (for a fine-tune, a fraction of the base's epochs);
 //! 3. [`NluModel::train`] with a [`crate::trainer::TrainObserver`] of the caller's;
-//! 4. [`evaluate`] on held-out data, if there is any;
+//! 4. [`evaluate`] on held-out data, if there is any (`evaluation.json`);
 //! 5. [`version_files`]: the checkpoint, the inference model and the vocabulary, with the
 //!    manifest that lists them, ready for the registry to write (files first, manifest last).
 //!
@@ -17,16 +17,17 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use refit_proto::data::TrainingData;
+use refit_proto::data::{SynonymFile, TrainingData};
+use refit_proto::evaluation::{EVALUATION_FORMAT, Evaluation};
 use refit_proto::manifest::{DataSummary, MANIFEST_FORMAT, VersionFiles};
 use refit_proto::vocab::Vocabulary;
 use refit_proto::{
-    ArchSpec, Budget, Manifest, Metrics, Mode, ModelName, REFIT_VERSION, Version, keys,
+    ArchSpec, Budget, DatasetRef, Manifest, Mode, ModelName, REFIT_VERSION, Version, keys,
 };
 
 use crate::EngineError;
 use crate::checkpoint::Checkpoint;
-use crate::predict::{evaluate_model, export};
+use crate::predict::{Predictor, Scored, export, score};
 use crate::runtime::RuntimeOptions;
 use crate::trainer::NluModel;
 
@@ -113,13 +114,34 @@ pub fn epochs(budget: Budget, base_epochs: Option<f64>) -> Result<u32, BudgetErr
     }
 }
 
-/// The model's quality on labelled held-out data, as `rasa test nlu` reports it.
+/// The model's quality on labelled held-out data, as `rasa test nlu` reports it, with what it
+/// got right example by example (see [`Scored::into_evaluation`]).
 pub fn evaluate(
     model: &NluModel,
     eval: &TrainingData,
     runtime: &RuntimeOptions,
-) -> Result<Metrics, EngineError> {
-    Ok(evaluate_model(model, eval, runtime)?.to_metrics())
+) -> Result<Scored, EngineError> {
+    score(&mut Predictor::for_model(model, runtime)?, eval)
+}
+
+impl Scored {
+    /// `evaluation.json` of `version` (without comparisons), scored on the eval data `data`.
+    pub fn into_evaluation(
+        self,
+        model: ModelName,
+        version: Version,
+        data: DatasetRef,
+    ) -> Evaluation {
+        Evaluation {
+            format: EVALUATION_FORMAT,
+            model,
+            version,
+            data,
+            report: self.report,
+            outcomes: self.outcomes,
+            comparisons: Vec::new(),
+        }
+    }
 }
 
 /// What a new version records besides the model itself.
@@ -137,8 +159,8 @@ pub struct VersionInfo {
     pub dataset_key: String,
     /// The dataset's sha256.
     pub dataset_sha256: String,
-    /// Quality on held-out data.
-    pub metrics: Option<Metrics>,
+    /// Quality on held-out data (`evaluation.json`, and its summary in the manifest).
+    pub evaluation: Option<Evaluation>,
     /// Seconds per phase.
     pub timings: BTreeMap<String, f64>,
 }
@@ -162,14 +184,19 @@ impl From<&Manifest> for BaseVersion {
 }
 
 /// A trained model as a version's files: `checkpoint.safetensors`, `model.onnx` (the inference
-/// model, exported here) and `vocab.json`, with the manifest that describes them. `data` is what
-/// it was trained on (for the manifest's counts).
+/// model, exported here), `vocab.json` and `synonyms.json` (the data's entity synonyms), with the
+/// manifest that describes them, and `evaluation.json` when the run was evaluated. `data` is
+/// what it was trained on (for the manifest's counts and the synonyms).
 pub fn version_files(model: &NluModel, data: &TrainingData, info: &VersionInfo) -> VersionFiles {
-    let files: Vec<(&'static str, Vec<u8>)> = vec![
+    let mut files: Vec<(&'static str, Vec<u8>)> = vec![
         (keys::CHECKPOINT, model.checkpoint.to_bytes()),
         (keys::MODEL_ONNX, export(model)),
         (keys::VOCAB, model.featurizer.vocab().to_json()),
+        (keys::SYNONYMS, synonyms_json(data)),
     ];
+    if let Some(evaluation) = &info.evaluation {
+        files.push((keys::EVALUATION, evaluation.to_json()));
+    }
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         model: info.model.clone(),
@@ -192,7 +219,7 @@ pub fn version_files(model: &NluModel, data: &TrainingData, info: &VersionInfo) 
             counts: data.label_counts(),
         },
         epochs: info.epochs,
-        metrics: info.metrics.clone(),
+        metrics: info.evaluation.as_ref().map(|e| e.report.to_metrics()),
         timings: info.timings.clone(),
         files: BTreeMap::new(),
         refit_version: REFIT_VERSION.to_owned(),
@@ -202,6 +229,14 @@ pub fn version_files(model: &NluModel, data: &TrainingData, info: &VersionInfo) 
         attempt_id: None,
     };
     VersionFiles::new(manifest, files)
+}
+
+/// `synonyms.json`: what a server maps extracted entity values through.
+fn synonyms_json(data: &TrainingData) -> Vec<u8> {
+    let file = SynonymFile {
+        synonyms: data.synonym_map(),
+    };
+    serde_json::to_vec_pretty(&file).expect("strings always serialise")
 }
 
 #[cfg(test)]

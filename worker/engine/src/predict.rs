@@ -62,7 +62,23 @@ pub fn evaluate_model(
     data: &refit_proto::data::TrainingData,
     runtime: &RuntimeOptions,
 ) -> Result<super::metrics::EvaluationReport, EngineError> {
-    let mut predictor = Predictor::for_model(model, runtime)?;
+    Ok(score(&mut Predictor::for_model(model, runtime)?, data)?.report)
+}
+
+/// A model's scores on labelled data and, example by example, what it got right.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scored {
+    /// The scores.
+    pub report: super::metrics::EvaluationReport,
+    /// Per example.
+    pub outcomes: super::metrics::Outcomes,
+}
+
+/// Scores what `predictor` says about `data`'s texts against its labels.
+pub fn score(
+    predictor: &mut Predictor,
+    data: &refit_proto::data::TrainingData,
+) -> Result<Scored, EngineError> {
     let texts: Vec<&str> = data.examples.iter().map(|e| e.text.as_str()).collect();
     let predictions: Vec<super::metrics::Prediction> = predictor
         .parse(&texts)?
@@ -73,7 +89,10 @@ pub fn evaluate_model(
             entities: p.entities,
         })
         .collect();
-    Ok(super::metrics::evaluate(&data.examples, &predictions))
+    Ok(Scored {
+        report: super::metrics::evaluate(&data.examples, &predictions),
+        outcomes: super::metrics::outcomes(&data.examples, &predictions),
+    })
 }
 
 /// One intent with its probability.

@@ -1,6 +1,6 @@
 //! One attempt of one job, step by step, once its lease is granted: read the base and the data,
 //! resume (from the resume point the grant carried) or start a model through the training
-//! pipeline (`refit_engine::pipeline`), train (see `train`), evaluate, upload the version's files
+//! pipeline (`refit_engine::pipeline`), train (see `train`), evaluate (see `evaluate`), upload the version's files
 //! under the attempt's own folder (`refit_io::registry`), report `succeeded` with them. The
 //! coordinator then commits them as the version.
 
@@ -14,7 +14,8 @@ use bytes::Bytes;
 use refit_engine::pipeline::{self, BaseVersion, Start, VersionInfo};
 use refit_engine::trainer::NluModel;
 use refit_proto::data::{Format, MAX_DATASET_BYTES, TrainingData, parse_bytes};
-use refit_proto::{ArchSpec, DatasetRef, EventKind, JobSpec, Manifest, Metrics, Mode, ResumePoint};
+use refit_proto::evaluation::Evaluation;
+use refit_proto::{ArchSpec, DatasetRef, EventKind, JobSpec, Manifest, Mode, ResumePoint};
 use tracing::info;
 
 use super::Shared;
@@ -118,42 +119,27 @@ impl Job<'_> {
             .await?;
         timings.insert("train".to_owned(), train_started.elapsed().as_secs_f64());
 
-        match eval {
-            Some(eval) => {
+        let (model, evaluation) = match (eval, &job.eval_dataset) {
+            (Some(eval), Some(eval_ref)) => {
                 self.status.set_phase("evaluate");
                 let t = Instant::now();
-                let runtime = self.shared.runtime.clone();
-                let (model_back, metrics) = blocking(move || {
-                    let metrics = pipeline::evaluate(&model, &eval, &runtime);
-                    (model, metrics)
-                })
-                .await?;
-                let metrics = metrics.map_err(JobError::engine("evaluation failed"))?;
+                let (model, evaluation) =
+                    self.evaluate(model, eval, eval_ref, base.as_ref()).await?;
                 timings.insert("evaluate".to_owned(), t.elapsed().as_secs_f64());
-                self.upload(
-                    model_back,
-                    &data,
-                    base.as_ref(),
-                    total_epochs,
-                    Some(metrics),
-                    timings,
-                    started,
-                )
-                .await
+                (model, Some(evaluation))
             }
-            None => {
-                self.upload(
-                    model,
-                    &data,
-                    base.as_ref(),
-                    total_epochs,
-                    None,
-                    timings,
-                    started,
-                )
-                .await
-            }
-        }
+            _ => (model, None),
+        };
+        self.upload(
+            model,
+            &data,
+            base.as_ref(),
+            total_epochs,
+            evaluation,
+            timings,
+            started,
+        )
+        .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -163,7 +149,7 @@ impl Job<'_> {
         data: &Arc<TrainingData>,
         base: Option<&Manifest>,
         total_epochs: u32,
-        metrics: Option<Metrics>,
+        evaluation: Option<Evaluation>,
         mut timings: BTreeMap<String, f64>,
         started: Instant,
     ) -> Result<(), JobError> {
@@ -179,11 +165,12 @@ impl Job<'_> {
             epochs: f64::from(total_epochs),
             dataset_key: job.dataset.key.clone(),
             dataset_sha256: job.dataset.sha256.clone(),
-            metrics: metrics.clone(),
+            evaluation,
             timings: timings.clone(),
         };
         let data = data.clone();
         let files = blocking(move || pipeline::version_files(&model, &data, &info)).await?;
+        let metrics = files.manifest.metrics.clone();
         timings.insert("export".to_owned(), t.elapsed().as_secs_f64());
         self.status.set_phase("upload");
         let t = Instant::now();

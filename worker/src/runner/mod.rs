@@ -84,6 +84,7 @@
 
 mod attempt;
 mod delivery;
+mod evaluate;
 mod fault;
 mod job;
 mod metrics;

@@ -64,7 +64,8 @@ impl JobError {
             | RegistryError::Corrupt { .. }
             | RegistryError::Commit { .. }
             | RegistryError::Conflict { .. }
-            | RegistryError::BadAlias { .. }) => JobError::Permanent(format!("{context}: {e}")),
+            | RegistryError::BadAlias { .. }
+            | RegistryError::BadHistory { .. }) => JobError::Permanent(format!("{context}: {e}")),
         }
     }
 

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use refit_proto::{Alias, ModelName, Version, keys};
+use refit_proto::evaluation::Evaluation;
+use refit_proto::promotion::{AliasHistory, AliasMove};
+use refit_proto::{Alias, Manifest, ModelName, Version, keys};
 
 use super::{Registry, RegistryError};
 use crate::storage::StorageError;
@@ -78,5 +80,73 @@ impl Registry {
             )
             .await?;
         Ok(previous)
+    }
+
+    /// An alias's history of moves (empty when it has none).
+    pub async fn alias_history(
+        &self,
+        model: &ModelName,
+        alias: &Alias,
+    ) -> Result<AliasHistory, RegistryError> {
+        let key = keys::alias_history(model, alias);
+        match self
+            .store
+            .get_at_most(&key, super::MAX_METADATA_BYTES)
+            .await
+        {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| RegistryError::BadHistory {
+                model: model.clone(),
+                alias: alias.clone(),
+                reason: e.to_string(),
+            }),
+            Err(e) if e.is_not_found() => Ok(AliasHistory::default()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Points `alias` at `entry.to` (which must have a manifest) and appends `entry` to its
+    /// history, with `entry.from` set to where it pointed before. The history is written after the
+    /// alias: a failure between the two loses a history line, never the move. One writer at a
+    /// time (the active coordinator), as for every alias.
+    pub async fn move_alias(
+        &self,
+        model: &ModelName,
+        alias: &Alias,
+        mut entry: AliasMove,
+    ) -> Result<AliasMove, RegistryError> {
+        // A damaged history is replaced rather than blocking the move.
+        let mut history = self
+            .alias_history(model, alias)
+            .await
+            .or_else(|e| match e {
+                RegistryError::BadHistory { .. } => Ok(AliasHistory::default()),
+                other => Err(other),
+            })?;
+        entry.from = self.set_alias(model, alias, entry.to).await?;
+        history.push(entry.clone());
+        let bytes = serde_json::to_vec_pretty(&history).expect("a history always serialises");
+        self.store
+            .put(&keys::alias_history(model, alias), Bytes::from(bytes))
+            .await?;
+        Ok(entry)
+    }
+
+    /// The version's `evaluation.json`, checked against the manifest; `None` when the manifest
+    /// lists none (a version trained without eval data, or before evaluations were stored).
+    pub async fn evaluation(
+        &self,
+        manifest: &Manifest,
+    ) -> Result<Option<Evaluation>, RegistryError> {
+        if !manifest.files.contains_key(keys::EVALUATION) {
+            return Ok(None);
+        }
+        let bytes = self.file(manifest, keys::EVALUATION).await?;
+        Evaluation::from_json(&bytes)
+            .map(Some)
+            .map_err(|e| RegistryError::Corrupt {
+                model: manifest.model.clone(),
+                version: manifest.version,
+                reason: format!("{}: {e}", keys::EVALUATION),
+            })
     }
 }

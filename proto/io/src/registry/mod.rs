@@ -100,6 +100,16 @@ pub enum RegistryError {
         /// The start of what it holds.
         found: String,
     },
+    /// An alias's history object that does not parse.
+    #[error("the history of alias {alias} of {model} is damaged: {reason}")]
+    BadHistory {
+        /// The model.
+        model: ModelName,
+        /// The alias.
+        alias: Alias,
+        /// The parse error.
+        reason: String,
+    },
 }
 
 impl RegistryError {
@@ -203,8 +213,9 @@ impl Registry {
         })
     }
 
-    /// A file the manifest lists, checked against its sha256.
-    async fn file(&self, manifest: &Manifest, name: &str) -> Result<Bytes, RegistryError> {
+    /// A file the manifest lists, checked against its sha256 (and read no further than the size
+    /// the manifest gives it).
+    pub async fn file(&self, manifest: &Manifest, name: &str) -> Result<Bytes, RegistryError> {
         let corrupt = |reason: String| RegistryError::Corrupt {
             model: manifest.model.clone(),
             version: manifest.version,

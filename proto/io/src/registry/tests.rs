@@ -141,6 +141,7 @@ fn job(version: u32, data_sha256: &str) -> JobSpec {
         priority: 0,
         submitted_at: chrono::Utc::now(),
         deadline: None,
+        promote_to: None,
     }
 }
 

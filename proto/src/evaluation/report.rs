@@ -1,4 +1,4 @@
-//! Evaluation on held-out data, reported the way `rasa test nlu` does.
+//! Scores on held-out data, reported the way `rasa test nlu` does.
 //!
 //! [`evaluate`] compares gold [`Example`]s with the model's [`Prediction`]s and returns an
 //! [`EvaluationReport`]:
@@ -19,8 +19,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-use refit_proto::data::{Entity, Example};
-use refit_proto::manifest::Metrics;
+use crate::data::{Entity, Example};
+use crate::manifest::Metrics;
 use serde::{Deserialize, Serialize};
 
 /// What the model said about one example.
@@ -30,7 +30,7 @@ pub struct Prediction {
     pub intent: String,
     /// Its probability.
     pub confidence: f32,
-    /// The predicted entities (types only; see [`crate::tags`]).
+    /// The predicted entities (types and spans; values, roles and groups are not compared).
     pub entities: Vec<Entity>,
 }
 
@@ -181,6 +181,33 @@ pub fn evaluate(gold: &[Example], predictions: &[Prediction]) -> EvaluationRepor
         intent: intents(gold, predictions),
         entity: entities(gold, predictions),
     }
+}
+
+/// Per example, whether the prediction got the intent right and whether it got the entities
+/// right (exactly the gold mentions: same spans and types, none missing, none extra).
+pub fn outcomes(gold: &[Example], predictions: &[Prediction]) -> super::Outcomes {
+    assert_eq!(
+        gold.len(),
+        predictions.len(),
+        "one prediction per gold example"
+    );
+    let mut out = super::Outcomes::default();
+    for (g, p) in gold.iter().zip(predictions) {
+        out.push(
+            g.intent == p.intent,
+            same_mentions(&g.entities, &p.entities),
+        );
+    }
+    out
+}
+
+fn same_mentions(gold: &[Entity], predicted: &[Entity]) -> bool {
+    let key = |e: &Entity| (e.start, e.end, e.entity.clone());
+    let mut a: Vec<_> = gold.iter().map(key).collect();
+    let mut b: Vec<_> = predicted.iter().map(key).collect();
+    a.sort();
+    b.sort();
+    a == b
 }
 
 fn intents(gold: &[Example], predictions: &[Prediction]) -> IntentReport {
