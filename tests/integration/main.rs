@@ -10,5 +10,6 @@ mod coordinator;
 mod deploy;
 mod ownership;
 mod queue;
+mod serve;
 mod storage;
 mod worker;

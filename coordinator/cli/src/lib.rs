@@ -17,6 +17,8 @@
 //!   coordinator with `--model`)
 //! - `demo`: `refit demo`, the seed experiment (scratch, fine-tune, retrain) in one process
 //! - `predict`: `refit predict`, intents and entities of texts from a stored version
+//! - `serve`: `refit serve`, Rasa's NLU HTTP API over stored versions, following aliases
+//! - `pull`: `refit pull`, a stored version's files copied into a folder, checked
 //! - `completions`: `refit completions SHELL`, the shell completion script
 //!
 //! Results go to stdout (through `print_stdout`, so `refit … | head` is fine); progress,
@@ -32,6 +34,8 @@ pub mod exit;
 mod jobs;
 mod models;
 mod predict;
+mod pull;
+mod serve;
 mod submit;
 mod wait;
 
@@ -101,6 +105,10 @@ pub enum Command {
     Alias(models::AliasArgs),
     /// Print the intents and entities a stored version finds in texts.
     Predict(predict::PredictArgs),
+    /// Serve stored versions over Rasa's NLU HTTP API (POST /model/parse), following aliases.
+    Serve(serve::ServeArgs),
+    /// Copy a stored version's files into a folder, each checked against its sha256.
+    Pull(pull::PullArgs),
     /// Train v1 on set1, fine-tune it on set1 + set2 (v2), retrain from scratch (v3), compare.
     Demo(demo::DemoArgs),
     /// Print a shell completion script.
@@ -130,6 +138,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Versions(args) => models::run_versions(args),
         Command::Alias(args) => models::run_alias(args),
         Command::Predict(args) => predict::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Pull(args) => pull::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Completions(args) => completions::run(args),
     };

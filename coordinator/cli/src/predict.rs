@@ -54,6 +54,16 @@ pub struct PredictArgs {
     /// The texts to parse. Without any, one text per line is read from stdin.
     #[arg(value_name = "TEXT")]
     texts: Vec<String>,
+
+    /// Benchmarks (bench/serve.sh): parse each text on its own, `--repeat` times after one
+    /// warm-up round, and print one JSON line with the per-text parse time (featurize + ONNX
+    /// Runtime + decode) instead of the parses.
+    #[arg(long, hide = true)]
+    timing: bool,
+
+    /// Rounds over the texts with `--timing`.
+    #[arg(long, hide = true, default_value_t = 20, value_name = "N")]
+    repeat: u32,
 }
 
 pub(super) fn run(args: PredictArgs) -> Result<ExitCode> {
@@ -67,6 +77,9 @@ pub(super) fn run(args: PredictArgs) -> Result<ExitCode> {
         bail!("nothing to parse: give texts as arguments or one per line on stdin");
     }
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    if args.timing {
+        return timing(&mut predictor, &refs, args.repeat);
+    }
     let parses = predictor.parse(&refs)?;
     let text = match args.output {
         Output::Json => serde_json::to_string_pretty(&parses).expect("parses always serialise"),
@@ -76,6 +89,38 @@ pub(super) fn run(args: PredictArgs) -> Result<ExitCode> {
         }
     };
     print_stdout(text.trim_end())?;
+    Ok(ExitCode::from(exit::OK))
+}
+
+/// `--timing`: the per-text parse time over `repeat` rounds (after a warm-up round), as one
+/// JSON line: `{"texts", "parses", "median_us", "p90_us", "p99_us", "mean_us"}`.
+fn timing(predictor: &mut Predictor, texts: &[&str], repeat: u32) -> Result<ExitCode> {
+    for text in texts {
+        predictor.parse(&[text])?;
+    }
+    let mut micros: Vec<f64> = Vec::with_capacity(texts.len() * repeat as usize);
+    for _ in 0..repeat {
+        for text in texts {
+            let started = std::time::Instant::now();
+            predictor.parse(&[text])?;
+            micros.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    if micros.is_empty() {
+        bail!("--repeat 0: nothing timed");
+    }
+    micros.sort_by(f64::total_cmp);
+    let at = |q: f64| micros[((micros.len() - 1) as f64 * q).round() as usize];
+    let mean = micros.iter().sum::<f64>() / micros.len() as f64;
+    let line = serde_json::json!({
+        "texts": texts.len(),
+        "parses": micros.len(),
+        "median_us": at(0.5),
+        "p90_us": at(0.9),
+        "p99_us": at(0.99),
+        "mean_us": mean,
+    });
+    print_stdout(&line.to_string())?;
     Ok(ExitCode::from(exit::OK))
 }
 
