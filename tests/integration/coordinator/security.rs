@@ -35,6 +35,26 @@ fn v1_routes(
             format!("/v1/models/{model}/aliases/production"),
             Some(br#"{"version": "v1"}"#.to_vec()),
         ),
+        (
+            Method::GET,
+            format!("/v1/models/{model}/aliases/production/history"),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/v1/models/{model}/aliases/production/gate?version=v1"),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/v1/models/{model}/versions/v000001/evaluation"),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/v1/models/{model}/compare?before=v1&after=v1"),
+            None,
+        ),
         (Method::GET, "/v1/overview".into(), None),
         (Method::GET, "/v1/pools".into(), None),
         (Method::GET, "/v1/pools/default".into(), None),
@@ -66,6 +86,7 @@ fn normalise(path: &str) -> String {
                 || segment.len() > 30
                 || segment.starts_with("m-")
                 || segment == "production"
+                || segment == "v000001"
                 || segment == "default";
             if parameter { "{}" } else { segment }
         })
