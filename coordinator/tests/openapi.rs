@@ -1,7 +1,9 @@
 //! `coordinator/openapi.yaml` against the code: every route the router registers
 //! (`coordinator/src/api/mod.rs`) is described with the same methods and nothing else is; the
-//! routes that need no token say so; every `$ref` resolves; and each schema's properties are
-//! exactly the fields the `wire` types (and the decision report) serialise.
+//! routes that need no token say so; every `$ref` resolves; each schema's properties are
+//! exactly the fields the `wire` types (and the decision report, the evaluation report, the
+//! comparison and the promotion gate) serialise; and those samples, built by the real functions
+//! (`decide`, `evaluate`, `compare`, `gate`), conform to the schemas (types, enums, references).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -9,12 +11,16 @@ use std::path::PathBuf;
 use chrono::Utc;
 use refit_proto::data::{Entity, Example, TrainingData};
 use refit_proto::decision::{DecisionInput, Policy, decide};
+use refit_proto::evaluation::{
+    Comparison, EVALUATION_FORMAT, Evaluation, Prediction, compare, evaluate, outcomes,
+};
+use refit_proto::promotion::{AliasHistory, AliasMove, GateResult, PromotionPolicy, gate};
 use refit_proto::wire::{
     AliasRequest, AliasView, DatasetBody, DecisionSummary, ErrorBody, ErrorDetail, EventView,
-    JobList, JobState, JobView, ModelList, ModelView, Overview, ProgressView, QueueView,
-    SubmitRequest, SubmitResponse, VersionList, VersionView, WorkerView,
+    JobList, JobState, JobView, ModelList, ModelView, Overview, ProgressView, PromotionView,
+    QueueView, SubmitRequest, SubmitResponse, VersionList, VersionView, WorkerView,
 };
-use refit_proto::{ArchSpec, Manifest, Metrics, Mode, ModelName, Version};
+use refit_proto::{ArchSpec, DatasetRef, Manifest, Metrics, Mode, ModelName, Version};
 use serde_json::{Value, json};
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -72,9 +78,9 @@ fn matching_paren(text: &str, open: usize) -> usize {
     panic!("unbalanced parentheses after byte {open}");
 }
 
-/// `path → methods` as `api/mod.rs` registers them: each `.route("…", get(…).post(…))`, with
-/// `/v1` in front of those on the router nested under `/v1`.
-fn registered_routes() -> BTreeMap<String, BTreeSet<String>> {
+/// `path → method → handler` (`models::versions`) as `api/mod.rs` registers them: each
+/// `.route("…", get(…).post(…))`, with `/v1` in front of those on the router nested under `/v1`.
+fn registered_routes() -> BTreeMap<String, BTreeMap<String, String>> {
     let source = crate_file("src/api/mod.rs");
     let code = source.split("#[cfg(test)]").next().unwrap();
     let v1_start = code
@@ -83,7 +89,7 @@ fn registered_routes() -> BTreeMap<String, BTreeSet<String>> {
     let v1_end = code
         .find(".nest(\"/v1\", v1)")
         .expect("api/mod.rs nests it with `.nest(\"/v1\", v1)`");
-    let mut routes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut routes: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for (at, _) in code.match_indices(".route(") {
         let open = at + ".route".len();
         let call = &code[open + 1..matching_paren(code, open)];
@@ -92,18 +98,21 @@ fn registered_routes() -> BTreeMap<String, BTreeSet<String>> {
             .nth(1)
             .unwrap_or_else(|| panic!("a route without a path literal: {call}"));
         let handlers = &call[call.find(',').expect("a route has handlers")..];
-        let methods: BTreeSet<String> = METHODS
-            .iter()
-            .filter(|m| {
-                handlers.match_indices(&format!("{m}(")).any(|(i, _)| {
-                    i == 0 || {
-                        let before = handlers.as_bytes()[i - 1];
-                        !(before.is_ascii_alphanumeric() || before == b'_' || before == b':')
-                    }
-                })
-            })
-            .map(|m| (*m).to_owned())
-            .collect();
+        let mut methods: BTreeMap<String, String> = BTreeMap::new();
+        for m in METHODS {
+            let call = format!("{m}(");
+            let found = handlers.match_indices(&call).find(|(i, _)| {
+                *i == 0 || {
+                    let before = handlers.as_bytes()[i - 1];
+                    !(before.is_ascii_alphanumeric() || before == b'_' || before == b':')
+                }
+            });
+            if let Some((i, _)) = found {
+                let rest = &handlers[i + call.len()..];
+                let handler = rest[..rest.find(')').expect("a handler call closes")].trim();
+                methods.insert(m.to_owned(), handler.to_owned());
+            }
+        }
         assert!(!methods.is_empty(), "no method found in .route({call})");
         let full = if (v1_start..v1_end).contains(&at) {
             format!("/v1{path}")
@@ -138,10 +147,11 @@ fn every_route_is_described_with_its_methods_and_nothing_else() {
         })
         .collect();
     let registered = registered_routes();
-    for (path, methods) in &registered {
+    for (path, handlers) in &registered {
+        let methods: BTreeSet<String> = handlers.keys().cloned().collect();
         assert_eq!(
             described.get(path),
-            Some(methods),
+            Some(&methods),
             "openapi.yaml must describe {path} with exactly {methods:?}"
         );
     }
@@ -150,6 +160,170 @@ fn every_route_is_described_with_its_methods_and_nothing_else() {
             registered.contains_key(path),
             "openapi.yaml describes {path}, which api/mod.rs does not register"
         );
+    }
+}
+
+/// Where a handler is: `src/api/<module>.rs` for `module::name`, `src/api/mod.rs` for `name`.
+fn handler_file(handler: &str) -> (String, &str) {
+    match handler.split_once("::") {
+        Some((module, name)) => (format!("src/api/{module}.rs"), name),
+        None => ("src/api/mod.rs".to_owned(), handler),
+    }
+}
+
+/// A handler's signature (`async fn name(…) -> … {`).
+fn handler_signature(handler: &str) -> String {
+    let (file, name) = handler_file(handler);
+    let source = crate_file(&file);
+    let at = source
+        .find(&format!("async fn {name}("))
+        .unwrap_or_else(|| panic!("no `async fn {name}(` in {file}"));
+    let end = at + source[at..].find(" {\n").expect("a function body");
+    source[at..end].to_owned()
+}
+
+/// The `X` of the first `Json<X>` in `text`, if any.
+fn json_type(text: &str) -> Option<&str> {
+    let start = text.find("Json<")? + "Json<".len();
+    let len = text[start..].find('>')?;
+    Some(&text[start..start + len])
+}
+
+/// A spec node, through its `$ref` if it is one.
+fn deref<'a>(spec: &'a Yaml, node: &'a Yaml) -> &'a Yaml {
+    match node["$ref"].as_str() {
+        Some(reference) => resolve(spec, reference),
+        None => node,
+    }
+}
+
+/// Where a local `$ref` points.
+fn resolve<'a>(spec: &'a Yaml, reference: &str) -> &'a Yaml {
+    let pointer = reference
+        .strip_prefix("#/")
+        .unwrap_or_else(|| panic!("{reference}: only local references"));
+    let mut node = spec;
+    for part in pointer.split('/') {
+        node = &node[part];
+    }
+    assert!(!node.is_badvalue(), "{reference} does not resolve");
+    node
+}
+
+#[test]
+fn success_responses_name_the_types_the_handlers_return() {
+    let spec = spec();
+    let mut checked = 0;
+    for (path, handlers) in registered_routes() {
+        for (method, handler) in handlers {
+            // `-> Result<Json<X>, ApiError>` or `-> Result<(StatusCode, Json<X>), ApiError>`.
+            let signature = handler_signature(&handler);
+            let returns = signature.split("->").nth(1).unwrap_or_default();
+            let Some(body) = json_type(returns) else {
+                continue;
+            };
+            let responses = &spec["paths"][path.as_str()][method.as_str()]["responses"];
+            let success: Vec<String> = keys(responses)
+                .into_iter()
+                .filter(|status| status.starts_with('2'))
+                .collect();
+            assert_eq!(
+                success.len(),
+                1,
+                "{method} {path}: one success response, not {success:?}"
+            );
+            let schema = &responses[success[0].as_str()]["content"]["application/json"]["schema"];
+            assert_eq!(
+                schema["$ref"].as_str(),
+                Some(format!("#/components/schemas/{body}").as_str()),
+                "{method} {path} answers {success:?} with {handler}'s Json<{body}>"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 13, "only {checked} handlers return Json<…>");
+}
+
+/// Query parameters a handler reads: the fields of its `Query<X>` struct, each with whether it
+/// must be given (not an `Option`).
+fn query_fields(handler: &str) -> BTreeMap<String, bool> {
+    let signature = handler_signature(handler);
+    let Some(at) = signature.find("Query<") else {
+        return BTreeMap::new();
+    };
+    let rest = &signature[at + "Query<".len()..];
+    let name = &rest[..rest.find('>').expect("Query<X>")];
+    let (file, _) = handler_file(handler);
+    let source = crate_file(&file);
+    let start = source
+        .find(&format!("struct {name} {{"))
+        .unwrap_or_else(|| panic!("no `struct {name}` in {file}"));
+    let body = &source[start..start + source[start..].find("\n}").expect("struct end")];
+    let mut fields = BTreeMap::new();
+    let mut defaulted = false;
+    for line in body.lines().skip(1).map(str::trim) {
+        if line.starts_with("#[") {
+            defaulted |= line.contains("default");
+            continue;
+        }
+        if line.starts_with("//") || line.is_empty() {
+            continue;
+        }
+        let (field, ty) = line
+            .trim_start_matches("pub ")
+            .split_once(':')
+            .unwrap_or_else(|| panic!("a field of {name}: {line}"));
+        let required = !defaulted && !ty.trim().starts_with("Option<");
+        fields.insert(field.trim().to_owned(), required);
+        defaulted = false;
+    }
+    fields
+}
+
+#[test]
+fn path_and_query_parameters_match_the_handlers() {
+    let spec = spec();
+    for (path, handlers) in registered_routes() {
+        let in_path: BTreeSet<String> = path
+            .split('/')
+            .filter_map(|part| part.strip_prefix('{')?.strip_suffix('}'))
+            .map(str::to_owned)
+            .collect();
+        for (method, handler) in handlers {
+            let op = &spec["paths"][path.as_str()][method.as_str()];
+            let mut described_path = BTreeSet::new();
+            let mut described_query = BTreeMap::new();
+            for parameter in op["parameters"].as_vec().map(Vec::as_slice).unwrap_or(&[]) {
+                let parameter = deref(&spec, parameter);
+                let name = parameter["name"]
+                    .as_str()
+                    .expect("a parameter name")
+                    .to_owned();
+                let required = parameter["required"].as_bool().unwrap_or(false);
+                match parameter["in"].as_str() {
+                    Some("path") => {
+                        assert!(
+                            required,
+                            "{method} {path}: path parameter {name} is required"
+                        );
+                        described_path.insert(name);
+                    }
+                    Some("query") => {
+                        described_query.insert(name, required);
+                    }
+                    other => panic!("{method} {path}: parameter {name} in {other:?}"),
+                }
+            }
+            assert_eq!(
+                described_path, in_path,
+                "{method} {path}: the path parameters"
+            );
+            assert_eq!(
+                described_query,
+                query_fields(&handler),
+                "{method} {path}: the query parameters (name → required) {handler} reads"
+            );
+        }
     }
 }
 
@@ -299,7 +473,7 @@ fn full_job() -> JobView {
         requested_mode: Mode::Auto,
         base_version: Some("v1".into()),
         promote_to: Some("prod".into()),
-        promotion: None,
+        promotion: Some(promotion()),
         version: "v2".into(),
         pool: "default".into(),
         dataset: dataset(),
@@ -389,11 +563,249 @@ fn report() -> Value {
     serde_json::to_value(report).unwrap()
 }
 
+fn v(n: u32) -> Version {
+    Version::new(n).expect("a version number in range")
+}
+
+fn eval_example(text: &str, intent: &str, entities: &[(usize, usize, &str)]) -> Example {
+    Example {
+        text: text.into(),
+        intent: intent.into(),
+        entities: entities
+            .iter()
+            .map(|&(start, end, entity)| Entity {
+                start,
+                end,
+                entity: entity.into(),
+                value: None,
+                role: None,
+                group: None,
+            })
+            .collect(),
+    }
+}
+
+/// Eval data with intents and entities.
+fn gold() -> Vec<Example> {
+    vec![
+        eval_example("hi there", "greet", &[]),
+        eval_example("pay bob now", "transfer", &[(4, 7, "name")]),
+        eval_example("bye", "goodbye", &[]),
+        eval_example("pay ann", "transfer", &[(4, 7, "name")]),
+        eval_example("hello", "greet", &[]),
+    ]
+}
+
+fn predicted(intent: &str, entities: &[(usize, usize, &str)]) -> Prediction {
+    let e = eval_example("", intent, entities);
+    Prediction {
+        intent: e.intent,
+        confidence: 0.9,
+        entities: e.entities,
+    }
+}
+
+/// `version`'s evaluation on [`gold`], scored by `evaluate` and `outcomes`.
+fn evaluation(version: u32, predictions: &[Prediction]) -> Evaluation {
+    let gold = gold();
+    let sha = "b".repeat(64);
+    Evaluation {
+        format: EVALUATION_FORMAT,
+        model: ModelName::new("financial").unwrap(),
+        version: v(version),
+        data: DatasetRef {
+            key: format!("datasets/sha256/{sha}.yml"),
+            sha256: sha,
+        },
+        report: evaluate(&gold, predictions),
+        outcomes: outcomes(&gold, predictions),
+        comparisons: Vec::new(),
+    }
+}
+
+/// v2's evaluation, holding its comparison with v1 (its parent and the alias's version), and
+/// that comparison: v2 gets an intent and two examples' entities wrong that v1 had right
+/// (negative flips, with their texts) and one intent right that v1 had wrong (a positive flip);
+/// both have confusions and per-type entity scores.
+fn evaluations() -> (Evaluation, Comparison) {
+    let v1 = evaluation(
+        1,
+        &[
+            predicted("greet", &[]),
+            predicted("transfer", &[(4, 7, "name")]),
+            predicted("greet", &[]),
+            predicted("transfer", &[(4, 7, "name")]),
+            predicted("greet", &[]),
+        ],
+    );
+    let mut v2 = evaluation(
+        2,
+        &[
+            predicted("goodbye", &[]),
+            predicted("transfer", &[]),
+            predicted("goodbye", &[]),
+            predicted("transfer", &[(4, 7, "name")]),
+            predicted("greet", &[(0, 5, "name")]),
+        ],
+    );
+    let roles = vec!["parent".to_owned(), "alias prod".to_owned()];
+    let comparison = compare(&v2, &v1, roles, Some(&gold())).expect("the same eval data");
+    assert!(
+        comparison.negative_flips.examples == 3 && comparison.positive_flips.examples == 1,
+        "{comparison:?}"
+    );
+    v2.comparisons.push(comparison.clone());
+    (v2, comparison)
+}
+
+/// The gate's decisions: v2 against v1 (every measured check), an alias that points nowhere
+/// yet, and a candidate that cannot be compared (`comparable`).
+fn gates() -> Vec<GateResult> {
+    let (_, comparison) = evaluations();
+    let policy = PromotionPolicy::default();
+    vec![
+        gate(&policy, v(2), Some(v(1)), Ok(&comparison)),
+        gate(&policy, v(2), None, Err(String::new())),
+        gate(
+            &policy,
+            v(3),
+            Some(v(2)),
+            Err("v3 has no evaluation (train it with eval data)".into()),
+        ),
+    ]
+}
+
+/// What a job's `promote_to prod` led to: v2 refused by the gate against v1.
+fn promotion() -> PromotionView {
+    let result = gates().remove(0);
+    assert!(!result.passed, "v2 loses 3 of 5 examples: {result:?}");
+    PromotionView {
+        alias: "prod".into(),
+        outcome: "refused".into(),
+        summary: format!("prod stays: {}", result.summary()),
+        gate: Some(result),
+        at: Utc::now(),
+    }
+}
+
+/// Whether `value` is of JSON Schema type `ty`.
+fn is_type(value: &Value, ty: &str) -> bool {
+    match ty {
+        "null" => value.is_null(),
+        "boolean" => value.is_boolean(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "string" => value.is_string(),
+        "array" => value.is_array(),
+        "object" => value.is_object(),
+        other => panic!("unknown type {other}"),
+    }
+}
+
+/// A YAML scalar (from `enum` or `const`) equal to a JSON value.
+fn same_scalar(yaml: &Yaml, value: &Value) -> bool {
+    match yaml {
+        Yaml::String(s) => value.as_str() == Some(s),
+        Yaml::Integer(i) => value.as_i64() == Some(*i),
+        Yaml::Boolean(b) => value.as_bool() == Some(*b),
+        Yaml::Null => value.is_null(),
+        Yaml::Real(_) => yaml.as_f64() == value.as_f64(),
+        _ => false,
+    }
+}
+
+/// Checks `value` against `schema`, following `$ref`s: `oneOf` (exactly one option matches),
+/// `type`, `enum`, `const`, `minimum`/`maximum`, `required`, `properties` (each present field
+/// against its schema), `additionalProperties`, `items` and `prefixItems`. Formats and patterns
+/// are not checked.
+fn conforms(spec: &Yaml, schema: &Yaml, value: &Value, at: &str) -> Result<(), String> {
+    if let Some(reference) = schema["$ref"].as_str() {
+        conforms(spec, resolve(spec, reference), value, at)?;
+    }
+    if let Some(options) = schema["oneOf"].as_vec() {
+        let matching = options
+            .iter()
+            .filter(|option| conforms(spec, option, value, at).is_ok())
+            .count();
+        if matching != 1 {
+            return Err(format!("{at}: {matching} of oneOf's options match {value}"));
+        }
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Yaml::String(t) => vec![t.as_str()],
+        Yaml::Array(list) => list.iter().filter_map(Yaml::as_str).collect(),
+        _ => vec![],
+    };
+    if !types.is_empty() && !types.iter().any(|t| is_type(value, t)) {
+        return Err(format!("{at}: {value} is not of type {types:?}"));
+    }
+    if let Some(values) = schema["enum"].as_vec()
+        && !value.is_null()
+        && !values.iter().any(|e| same_scalar(e, value))
+    {
+        return Err(format!("{at}: {value} is not in the enum {values:?}"));
+    }
+    if !schema["const"].is_badvalue() && !same_scalar(&schema["const"], value) {
+        return Err(format!("{at}: {value} is not the const"));
+    }
+    if let Some(x) = value.as_f64() {
+        let bound = |key: &str| {
+            let b = &schema[key];
+            b.as_i64().map(|i| i as f64).or_else(|| b.as_f64())
+        };
+        if bound("minimum").is_some_and(|min| x < min)
+            || bound("maximum").is_some_and(|max| x > max)
+        {
+            return Err(format!("{at}: {value} is out of bounds"));
+        }
+    }
+    if let Some(object) = value.as_object() {
+        for field in schema["required"]
+            .as_vec()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        {
+            let field = field.as_str().expect("required lists names");
+            if !object.contains_key(field) {
+                return Err(format!("{at}: required field {field} is missing"));
+            }
+        }
+        for (field, inner) in object {
+            let at = format!("{at}.{field}");
+            let described = &schema["properties"][field.as_str()];
+            if !described.is_badvalue() {
+                conforms(spec, described, inner, &at)?;
+                continue;
+            }
+            match &schema["additionalProperties"] {
+                Yaml::Boolean(false) => return Err(format!("{at}: not a property")),
+                extra @ Yaml::Hash(_) => conforms(spec, extra, inner, &at)?,
+                _ => {}
+            }
+        }
+    }
+    if let Some(items) = value.as_array() {
+        if let Some(prefix) = schema["prefixItems"].as_vec() {
+            for (i, (item_schema, item)) in prefix.iter().zip(items).enumerate() {
+                conforms(spec, item_schema, item, &format!("{at}[{i}]"))?;
+            }
+        } else if !schema["items"].is_badvalue() {
+            for (i, item) in items.iter().enumerate() {
+                conforms(spec, &schema["items"], item, &format!("{at}[{i}]"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks that schema `name` lists exactly the fields of `sample` (which has every optional
-/// field set) and requires only fields that are always there.
+/// field set), requires only fields that are always there, and that `sample` conforms to it.
 fn check_schema(spec: &Yaml, name: &str, sample: &Value, always: &[&str]) {
     let schema = &spec["components"]["schemas"][name];
     assert!(!schema.is_badvalue(), "no schema {name}");
+    if let Err(e) = conforms(spec, schema, sample, name) {
+        panic!("the sample does not conform to schema {name}: {e}");
+    }
     let described = keys(&schema["properties"]);
     let sent: BTreeSet<String> = sample
         .as_object()
@@ -440,7 +852,14 @@ fn schemas_list_exactly_the_fields_the_wire_types_send() {
         &spec,
         "JobView",
         &job,
-        &all_but(&job, &["events", "more_events"]),
+        &all_but(&job, &["events", "more_events", "promote_to", "promotion"]),
+    );
+    let promotion = &job["promotion"];
+    check_schema(
+        &spec,
+        "PromotionView",
+        promotion,
+        &all_but(promotion, &["gate"]),
     );
     let progress = &job["progress"];
     check_schema(&spec, "ProgressView", progress, &all_but(progress, &[]));
@@ -571,10 +990,10 @@ fn schemas_list_exactly_the_fields_the_wire_types_send() {
         alias: "prod".into(),
         version: "v2".into(),
         previous: Some("v1".into()),
-        forced: false,
-        gate: None,
+        forced: true,
+        gate: Some(gates().remove(0)),
     });
-    check_schema(&spec, "AliasView", &alias, &all_but(&alias, &[]));
+    check_schema(&spec, "AliasView", &alias, &all_but(&alias, &["gate"]));
 
     let worker = WorkerView {
         id: "w".into(),
@@ -616,6 +1035,121 @@ fn schemas_list_exactly_the_fields_the_wire_types_send() {
     });
     check_schema(&spec, "ErrorBody", &error, &["error"]);
     check_schema(&spec, "ErrorDetail", &error["error"], &["code", "message"]);
+}
+
+#[test]
+fn evaluation_and_comparison_schemas_list_exactly_the_fields_sent() {
+    let spec = spec();
+    let (evaluation, comparison) = evaluations();
+    let e = to_json(&evaluation);
+    check_schema(&spec, "Evaluation", &e, &all_but(&e, &[]));
+    let report = &e["report"];
+    check_schema(&spec, "EvaluationReport", report, &all_but(report, &[]));
+    let intent = &report["intent"];
+    check_schema(&spec, "IntentReport", intent, &all_but(intent, &[]));
+    let entity = &report["entity"];
+    check_schema(&spec, "EntityReport", entity, &all_but(entity, &[]));
+    for scores in [&intent["labels"][0], &entity["types"][0]] {
+        check_schema(&spec, "LabelScores", scores, &all_but(scores, &[]));
+    }
+    let confusion = &intent["confusions"][0];
+    check_schema(&spec, "Confusion", confusion, &all_but(confusion, &[]));
+    let outcomes = &e["outcomes"];
+    check_schema(&spec, "Outcomes", outcomes, &all_but(outcomes, &[]));
+
+    // The comparison the job stored, and one `GET .../compare` builds without the eval data
+    // (its flips carry no text).
+    let stored = &e["comparisons"][0];
+    let c = to_json(&comparison);
+    assert_eq!(stored, &c);
+    let (v1, v2) = (evaluation.comparisons[0].before, evaluation.version);
+    assert_eq!((v1, v2), (v(1), v(2)));
+    check_schema(&spec, "Comparison", &c, &all_but(&c, &[]));
+    check_schema(&spec, "Deltas", &c["deltas"], &all_but(&c["deltas"], &[]));
+    for delta in [&c["intents"][0], &c["entities"][0]] {
+        check_schema(&spec, "LabelDelta", delta, &all_but(delta, &[]));
+    }
+    for flips in [&c["negative_flips"], &c["positive_flips"]] {
+        check_schema(&spec, "Flips", flips, &all_but(flips, &[]));
+        let flip = &flips["shown"][0];
+        check_schema(&spec, "Flip", flip, &["index", "flipped"]);
+    }
+    let mut older = evaluation.clone();
+    older.version = v(1);
+    older.comparisons.clear();
+    let bare = to_json(&compare(&evaluation, &older, Vec::new(), None).unwrap());
+    let schema = &spec["components"]["schemas"]["Comparison"];
+    conforms(&spec, schema, &bare, "Comparison").unwrap();
+}
+
+#[test]
+fn promotion_schemas_list_exactly_the_fields_sent() {
+    let spec = spec();
+    let mut checks_seen = BTreeSet::new();
+    for result in gates() {
+        let r = to_json(&result);
+        check_schema(&spec, "GateResult", &r, &all_but(&r, &[]));
+        for check in r["checks"].as_array().unwrap() {
+            check_schema(&spec, "GateCheck", check, &all_but(check, &[]));
+            checks_seen.insert(check["check"].as_str().unwrap().to_owned());
+        }
+    }
+    // The samples make every check the gate has: the enum lists exactly those.
+    let listed: BTreeSet<String> =
+        spec["components"]["schemas"]["GateCheck"]["properties"]["check"]["enum"]
+            .as_vec()
+            .expect("GateCheck.check is an enum")
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+    assert_eq!(listed, checks_seen, "GateCheck.check's enum");
+
+    let mut history = AliasHistory::default();
+    let policy = PromotionPolicy::default();
+    let unset = gate(&policy, v(1), None, Err(String::new()));
+    let refused = gates().remove(0);
+    history.push(AliasMove {
+        at: Utc::now(),
+        from: None,
+        to: v(1),
+        by: "job 0190f5c2-0000-7000-8000-000000000001".into(),
+        reason: "promote_to prod of job 0190f5c2-0000-7000-8000-000000000001".into(),
+        forced: false,
+        gate: Some(unset),
+    });
+    history.push(AliasMove {
+        at: Utc::now(),
+        from: Some(v(1)),
+        to: v(2),
+        by: "ann@host".into(),
+        reason: "hotfix".into(),
+        forced: true,
+        gate: Some(refused),
+    });
+    let h = to_json(&history);
+    check_schema(&spec, "AliasHistory", &h, &["moves"]);
+    for entry in h["moves"].as_array().unwrap() {
+        check_schema(&spec, "AliasMove", entry, &all_but(entry, &["gate"]));
+    }
+
+    // `PUT .../aliases/{alias}` refused by the gate: the error's details are the GateResult.
+    let result = gates().remove(0);
+    let details = to_json(&ErrorBody {
+        error: ErrorDetail {
+            code: "gate_failed".into(),
+            message: result.summary(),
+            details: Some(to_json(&result)),
+        },
+    });
+    check_schema(&spec, "ErrorBody", &details, &["error"]);
+    let schemas = &spec["components"]["schemas"];
+    conforms(
+        &spec,
+        &schemas["GateResult"],
+        &details["error"]["details"],
+        "details",
+    )
+    .unwrap();
 }
 
 #[test]
