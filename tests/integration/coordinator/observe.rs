@@ -318,9 +318,21 @@ async fn dashboard_check(
         .with_context(|| format!("dashboard_check's summary: {stdout}"))
 }
 
+/// Waits until the job succeeded and what its `promote_to` led to is recorded; its view.
+async fn wait_promotion(stack: &Stack, id: &str) -> Result<Value> {
+    stack.wait_succeeded(id).await?;
+    stack
+        .wait_job(id, "a recorded promotion", |job| {
+            job["promotion"].is_object()
+        })
+        .await
+}
+
 /// "Done when" 7: the dashboard in real headless Chromium shows a running job's progress and
-/// loss curve without console errors; a screenshot goes to `<target>/test-artifacts/`. A wrong
-/// token gets the token form and no data.
+/// loss curve, and the models' quality and promotion (each version's deltas against its parent
+/// and the alias's version with its negative flips, the alias's history, each job's promotion),
+/// without console errors; a screenshot goes to `<target>/test-artifacts/`. A wrong token gets
+/// the token form and no data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_dashboard_shows_a_running_job_in_headless_chromium() -> Result<()> {
     // Fail early, before starting anything, when the Python peers are missing.
@@ -328,12 +340,51 @@ async fn coordinator_dashboard_shows_a_running_job_in_headless_chromium() -> Res
     let mut stack = Stack::new("dash").await?;
     stack.start_coordinator(&[]).await?;
     stack.start_workers(2)?;
-    let data = stack.upload(jsonl(&examples(8)?)?, "jsonl").await?;
-    // Long enough to still run while the browser looks (it is cancelled at the end).
+    let data = stack.upload_examples(&examples(8)?).await?;
+    let eval = stack.upload_examples(&examples(2)?).await?;
+
+    // Quality and promotion: v1 and v2 trained with eval data and `promote_to prod`. v1 takes the
+    // unset alias; v2, fine-tuned from v1, is gated against it with the comparison its job made
+    // (v1 is its parent and the alias's version).
+    let gated = json!({ "eval_dataset": eval, "promote_to": "prod" });
+    let first = stack.submit_scratch(&data, 2, gated).await?;
+    let promoted = wait_promotion(&stack, &first).await?;
+    ensure!(
+        promoted["promotion"]["outcome"] == "promoted",
+        "v1 into the unset alias: {}",
+        promoted["promotion"]
+    );
+    let second = stack
+        .submit(json!({
+            "model": stack.model,
+            "dataset": data,
+            "eval_dataset": eval,
+            "promote_to": "prod",
+            "mode": "finetune",
+            "epochs": 1,
+            "batch_size": 32,
+        }))
+        .await?["id"]
+        .as_str()
+        .context("job id")?
+        .to_owned();
+    let gated = wait_promotion(&stack, &second).await?;
+    let outcome = gated["promotion"]["outcome"].as_str().unwrap_or_default();
+    ensure!(
+        outcome == "promoted" || outcome == "refused",
+        "v2's promotion: {}",
+        gated["promotion"]
+    );
+    let version = gated["version"].as_str().context("version")?.to_owned();
+
+    // Long enough to still run while the browser looks (it is cancelled at the end); its
+    // `promote_to` shows on its card.
     let job = stack
         .submit(json!({
             "model": stack.model,
-            "dataset": dataset(&data),
+            "dataset": data,
+            "eval_dataset": eval,
+            "promote_to": "prod",
             "mode": "scratch",
             "epochs": 100000,
         }))
@@ -348,14 +399,55 @@ async fn coordinator_dashboard_shows_a_running_job_in_headless_chromium() -> Res
     let dir = artifacts_dir()?;
     let screenshot = dir.join("dashboard.png");
     let _ = std::fs::remove_file(&screenshot);
+    let model = stack.model.clone();
     let summary = dashboard_check(
         &stack,
         &stack.token,
         &screenshot,
-        &["--expect-running-job", &id],
+        &[
+            "--expect-running-job",
+            &id,
+            "--expect-model",
+            &model,
+            "--expect-comparison",
+            &version,
+            "--expect-alias-history",
+            "prod",
+            "--expect-promotion",
+            &first,
+            "--expect-promotion",
+            &second,
+        ],
     )
     .await?;
     ensure!(summary["ok"] == true, "dashboard_check: {summary}");
+    // What the page showed is what the API says.
+    let comparisons = summary["comparisons"][version.as_str()]
+        .as_array()
+        .context("the summary's comparisons")?;
+    ensure!(
+        comparisons.iter().any(|c| c["before"] == "v1"
+            && c["roles"]
+                .as_array()
+                .is_some_and(|roles| roles.contains(&json!("parent")))),
+        "{version}'s comparisons on the page: {comparisons:?}"
+    );
+    let moves = summary["alias_history"]["prod"]
+        .as_array()
+        .map_or(0, Vec::len);
+    let expected_moves = if outcome == "promoted" { 2 } else { 1 };
+    ensure!(
+        moves == expected_moves,
+        "prod's history on the page: {}",
+        summary["alias_history"]
+    );
+    for (job, outcome) in [(&first, "promoted"), (&second, outcome)] {
+        let shown = &summary["promotions"][job.as_str()];
+        ensure!(
+            shown["outcome"] == outcome && shown["alias"] == "prod",
+            "{job}'s promotion on the page: {shown}"
+        );
+    }
     ensure!(
         std::fs::metadata(&screenshot)
             .map(|m| m.len() > 0)
